@@ -1,0 +1,218 @@
+// Each activation's value and derivative, written once and used by every kernel (CPU and CUDA).
+//
+// Semantics follow torch.nn.functional exactly, including which side of a kink the derivative
+// takes (torch's *_backward kernels) and NaN propagation: a NaN pre-activation gives a NaN output.
+// No torch headers here: nvcc compiles this on machines without torch's CUDA headers.
+#pragma once
+
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FBN_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FBN_HOST_DEVICE inline
+#endif
+
+namespace pyfusedbn {
+
+// Math wrappers so that the same template picks the float or double libm function on host and
+// device alike (std:: overloads are not all usable in CUDA device code).
+FBN_HOST_DEVICE float fbn_exp(float v) { return expf(v); }
+FBN_HOST_DEVICE double fbn_exp(double v) { return exp(v); }
+FBN_HOST_DEVICE float fbn_expm1(float v) { return expm1f(v); }
+FBN_HOST_DEVICE double fbn_expm1(double v) { return expm1(v); }
+FBN_HOST_DEVICE float fbn_log1p(float v) { return log1pf(v); }
+FBN_HOST_DEVICE double fbn_log1p(double v) { return log1p(v); }
+FBN_HOST_DEVICE float fbn_tanh(float v) { return tanhf(v); }
+FBN_HOST_DEVICE double fbn_tanh(double v) { return tanh(v); }
+FBN_HOST_DEVICE float fbn_erf(float v) { return erff(v); }
+FBN_HOST_DEVICE double fbn_erf(double v) { return erf(v); }
+FBN_HOST_DEVICE float fbn_abs(float v) { return fabsf(v); }
+FBN_HOST_DEVICE double fbn_abs(double v) { return fabs(v); }
+
+// The order is the ABI between Python (activation names) and the kernels: append only.
+enum class ActKind : int32_t {
+  Identity = 0,
+  Relu,
+  Relu6,
+  LeakyRelu,  // param: negative_slope
+  Elu,        // param: alpha
+  Silu,
+  Gelu,       // erf form (F.gelu, approximate="none")
+  GeluTanh,   // F.gelu(approximate="tanh")
+  Sigmoid,
+  Tanh,
+  Softplus,   // param: beta; threshold fixed at torch's default 20
+  Softsign,
+  Mish,
+  Hardswish,
+};
+
+// Each activation: value(z, p) and grad(z, p) = d value / dz, both in the accumulate type T.
+struct Identity {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z; }
+  template <typename T> FBN_HOST_DEVICE static T grad(T, T) { return T(1); }
+};
+
+struct Relu {
+  // `z < 0 ? 0 : z` keeps NaN (torch.relu(nan) is nan); fmax would turn it into 0.
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z < T(0) ? T(0) : z; }
+  // threshold_backward: gradient flows where the output is > 0, so not at z == 0.
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) { return z > T(0) ? T(1) : T(0); }
+};
+
+struct Relu6 {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
+    return z < T(0) ? T(0) : (z > T(6) ? T(6) : z);
+  }
+  // hardtanh_backward: open interval (0, 6).
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    return (z > T(0) && z < T(6)) ? T(1) : T(0);
+  }
+};
+
+struct LeakyRelu {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T slope) { return z > T(0) ? z : z * slope; }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T slope) { return z > T(0) ? T(1) : slope; }
+};
+
+struct Elu {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T alpha) {
+    return z > T(0) ? z : alpha * fbn_expm1(z);
+  }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T alpha) {
+    return z > T(0) ? T(1) : alpha * fbn_exp(z);
+  }
+};
+
+struct Sigmoid {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return T(1) / (T(1) + fbn_exp(-z)); }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T s = value(z, T(0));
+    return s * (T(1) - s);
+  }
+};
+
+struct Silu {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z / (T(1) + fbn_exp(-z)); }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T s = T(1) / (T(1) + fbn_exp(-z));
+    return s * (T(1) + z * (T(1) - s));
+  }
+};
+
+struct Gelu {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
+    const T kSqrtHalf = T(0.70710678118654752440);
+    return T(0.5) * z * (T(1) + fbn_erf(z * kSqrtHalf));
+  }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T kSqrtHalf = T(0.70710678118654752440);
+    const T kInvSqrt2Pi = T(0.39894228040143267794);
+    const T cdf = T(0.5) * (T(1) + fbn_erf(z * kSqrtHalf));
+    const T pdf = kInvSqrt2Pi * fbn_exp(T(-0.5) * z * z);
+    return cdf + z * pdf;
+  }
+};
+
+struct GeluTanh {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
+    const T kBeta = T(0.79788456080286535588);  // sqrt(2 / pi)
+    const T kKappa = T(0.044715);
+    const T inner = kBeta * (z + kKappa * z * z * z);
+    return T(0.5) * z * (T(1) + fbn_tanh(inner));
+  }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T kBeta = T(0.79788456080286535588);
+    const T kKappa = T(0.044715);
+    const T z_sq = z * z;
+    const T inner = kBeta * (z + kKappa * z_sq * z);
+    const T t = fbn_tanh(inner);
+    const T d_inner = kBeta * (T(1) + T(3) * kKappa * z_sq);
+    return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * d_inner;
+  }
+};
+
+struct Tanh {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return fbn_tanh(z); }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T t = fbn_tanh(z);
+    return T(1) - t * t;
+  }
+};
+
+struct Softplus {
+  // F.softplus(z, beta, threshold=20): linear once beta*z > threshold, as torch.
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T beta) {
+    const T bz = z * beta;
+    return bz > T(20) ? z : fbn_log1p(fbn_exp(bz)) / beta;
+  }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T beta) {
+    const T bz = z * beta;
+    const T e = fbn_exp(bz);
+    return bz > T(20) ? T(1) : e / (e + T(1));
+  }
+};
+
+struct Softsign {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z / (T(1) + fbn_abs(z)); }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T d = T(1) + fbn_abs(z);
+    return T(1) / (d * d);
+  }
+};
+
+struct Mish {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
+    return z * fbn_tanh(fbn_log1p(fbn_exp(z)));
+  }
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    const T s = T(1) / (T(1) + fbn_exp(-z));
+    const T t = fbn_tanh(fbn_log1p(fbn_exp(z)));
+    return t + z * s * (T(1) - t * t);
+  }
+};
+
+struct Hardswish {
+  template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
+    const T r = z + T(3);
+    const T clamped = r < T(0) ? T(0) : (r > T(6) ? T(6) : r);
+    return z * clamped / T(6);
+  }
+  // hardswish_backward: 0 below -3, z/3 + 1/2 on [-3, 3], 1 above.
+  template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
+    return z < T(-3) ? T(0) : (z <= T(3) ? z / T(3) + T(0.5) : T(1));
+  }
+};
+
+// Calls f(Activation{}) with the functor type for `kind`, so kernels are instantiated once per
+// activation and the activation inlines into the element loop. Host-only: launchers dispatch.
+template <typename F>
+inline void dispatch_activation(ActKind kind, F&& f) {
+  switch (kind) {
+    case ActKind::Identity: f(Identity{}); return;
+    case ActKind::Relu: f(Relu{}); return;
+    case ActKind::Relu6: f(Relu6{}); return;
+    case ActKind::LeakyRelu: f(LeakyRelu{}); return;
+    case ActKind::Elu: f(Elu{}); return;
+    case ActKind::Silu: f(Silu{}); return;
+    case ActKind::Gelu: f(Gelu{}); return;
+    case ActKind::GeluTanh: f(GeluTanh{}); return;
+    case ActKind::Sigmoid: f(Sigmoid{}); return;
+    case ActKind::Tanh: f(Tanh{}); return;
+    case ActKind::Softplus: f(Softplus{}); return;
+    case ActKind::Softsign: f(Softsign{}); return;
+    case ActKind::Mish: f(Mish{}); return;
+    case ActKind::Hardswish: f(Hardswish{}); return;
+  }
+}
+
+// Names as the Python API spells them, indexed by ActKind.
+constexpr const char* kActivationNames[] = {
+    "identity", "relu",    "relu6", "leaky_relu", "elu",      "silu", "gelu",
+    "gelu_tanh", "sigmoid", "tanh",  "softplus",   "softsign", "mish", "hardswish",
+};
+constexpr int kNumActivations = sizeof(kActivationNames) / sizeof(kActivationNames[0]);
+
+}  // namespace pyfusedbn

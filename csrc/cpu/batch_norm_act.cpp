@@ -1,0 +1,110 @@
+// CPU backend: tensors to raw-pointer kernel arguments, dtype/activation dispatch, and the
+// TORCH_LIBRARY_IMPL(CPU) registrations.
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../batch_norm_act_ops.h"
+#include "../kernel_calls.h"
+#include "batch_norm_act_kernels.h"
+
+namespace pyfusedbn {
+namespace {
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+// Calls f(Act{}, bool_constant<has_residual>) so kernels are instantiated per activation and
+// with/without residual, keeping the inner loops free of runtime branches.
+template <typename F>
+void dispatch_act_residual(ActKind act, bool has_residual, F&& f) {
+  dispatch_activation(act, [&](auto activation) {
+    if (has_residual) f(activation, std::true_type{});
+    else f(activation, std::false_type{});
+  });
+}
+
+#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+struct CpuBackend {
+  static void stats(const Tensor& x, const BnShape& shape, Tensor& mean, Tensor& var) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_stats_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      cpu::stats_kernel(StatsArgs<scalar_t, acc_t>{x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
+                                                   var.data_ptr<acc_t>(), shape});
+    });
+  }
+
+  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
+                    ActKind act, double param, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_apply_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+                                            scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                                            out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+
+  static void backward_reduce(const Tensor& dy, const Tensor& x, const OptTensor& residual,
+                              const Tensor& mean, const Tensor& scale, const Tensor& shift, ActKind act,
+                              double param, Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_backward_reduce_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ReduceArgs<scalar_t, acc_t> args{
+          dy.data_ptr<scalar_t>(),   x.data_ptr<scalar_t>(),     ptr_or_null<scalar_t>(residual),
+          mean.data_ptr<acc_t>(),    scale.data_ptr<acc_t>(),    shift.data_ptr<acc_t>(),
+          sum_g.data_ptr<acc_t>(),   sum_g_xc.data_ptr<acc_t>(), static_cast<acc_t>(param),
+          shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::reduce_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+
+  static void backward_elemt(const Tensor& dy, const Tensor& x, const OptTensor& residual,
+                             const Tensor& scale, const Tensor& shift, const Tensor& coef_g,
+                             const Tensor& coef_x, const Tensor& coef_const, ActKind act, double param,
+                             Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_backward_elemt_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ElemtArgs<scalar_t, acc_t> args{
+          dy.data_ptr<scalar_t>(),
+          x.data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(residual),
+          scale.data_ptr<acc_t>(),
+          shift.data_ptr<acc_t>(),
+          coef_g.data_ptr<acc_t>(),
+          coef_x.data_ptr<acc_t>(),
+          coef_const.data_ptr<acc_t>(),
+          grad_input.data_ptr<scalar_t>(),
+          residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
+          static_cast<acc_t>(param),
+          shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::elemt_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
+  m.impl("batch_norm_stats", &batch_norm_stats<CpuBackend>);
+  m.impl("batch_norm_act_train", &batch_norm_act_train<CpuBackend>);
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval<CpuBackend>);
+  m.impl("batch_norm_act_apply", &batch_norm_act_apply<CpuBackend>);
+  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CpuBackend>);
+  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CpuBackend>);
+}
+
+}  // namespace pyfusedbn

@@ -1,0 +1,80 @@
+// Raw-pointer views of one fused BatchNorm+activation call, shared by the CPU and CUDA kernels.
+// No torch headers: the bindings fill these from tensors, the kernels see only pointers and sizes.
+#pragma once
+
+#include <stdint.h>
+
+#include "activations.h"
+
+namespace pyfusedbn {
+
+// The input viewed as (batch, channels, spatial). `channels_last` means the memory is
+// (batch * spatial) rows of `channels` contiguous values (NHWC, NDHWC, and every rank-2 input);
+// otherwise each (n, c) plane of `spatial` values is contiguous (NCHW).
+struct BnShape {
+  int64_t batch;
+  int64_t channels;
+  int64_t spatial;
+  bool channels_last;
+
+  FBN_HOST_DEVICE int64_t reduce_size() const { return batch * spatial; }
+  FBN_HOST_DEVICE int64_t numel() const { return batch * channels * spatial; }
+};
+
+// Forward elementwise pass: out = act(x * scale[c] + shift[c] (+ residual)).
+// scale = weight * invstd and shift = bias - mean * scale fold the affine transform once per channel.
+template <typename scalar_t, typename acc_t>
+struct ApplyArgs {
+  const scalar_t* input;
+  const scalar_t* residual;  // nullptr when absent
+  const acc_t* scale;
+  const acc_t* shift;
+  scalar_t* output;
+  acc_t activation_param;
+  BnShape shape;
+};
+
+// Backward reduction: g = grad_out * act'(z) with z recomputed from the input, then per channel
+// sum_g = sum(g) and sum_g_xc = sum(g * (x - mean)). (grad_bias = sum_g, grad_weight = invstd * sum_g_xc.)
+template <typename scalar_t, typename acc_t>
+struct ReduceArgs {
+  const scalar_t* grad_out;
+  const scalar_t* input;
+  const scalar_t* residual;  // nullptr when absent
+  const acc_t* mean;
+  const acc_t* scale;
+  const acc_t* shift;
+  acc_t* sum_g;
+  acc_t* sum_g_xc;
+  acc_t activation_param;
+  BnShape shape;
+};
+
+// Backward elementwise pass: grad_input = g * coef_g[c] + x * coef_x[c] + coef_const[c], and
+// grad_residual = g. The three coefficients hold the whole BatchNorm backward (training or eval).
+template <typename scalar_t, typename acc_t>
+struct ElemtArgs {
+  const scalar_t* grad_out;
+  const scalar_t* input;
+  const scalar_t* residual;  // nullptr when absent
+  const acc_t* scale;
+  const acc_t* shift;
+  const acc_t* coef_g;
+  const acc_t* coef_x;
+  const acc_t* coef_const;
+  scalar_t* grad_input;
+  scalar_t* grad_residual;  // nullptr when not wanted
+  acc_t activation_param;
+  BnShape shape;
+};
+
+// Statistics pass: per-channel mean and biased variance of the input.
+template <typename scalar_t, typename acc_t>
+struct StatsArgs {
+  const scalar_t* input;
+  acc_t* mean;
+  acc_t* var;
+  BnShape shape;
+};
+
+}  // namespace pyfusedbn

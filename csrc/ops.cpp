@@ -1,0 +1,48 @@
+// The op schemas of the torch.ops.pyfusedbn namespace, and nothing else: each device registers
+// its kernels in its own TORCH_LIBRARY_IMPL block, Python registers fake kernels and autograd.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "kernel_calls.h"
+
+// `import pyfusedbn._C` loads this library (and so runs the registrations below); the module
+// itself is empty.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(pyfusedbn, m) {
+  // Per-channel mean and biased variance (float32 for half/bfloat16/float32 input, float64 for float64).
+  m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
+  // Training forward: batch statistics, running-stat update (in place), normalise + affine +
+  // residual + activation in one pass. save_mean/save_invstd feed the backward ops.
+  m.def(
+      "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps, "
+      "str activation, float activation_param) -> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+  // Inference forward from running statistics.
+  m.def(
+      "batch_norm_act_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
+      "Tensor? bias, Tensor? residual, float eps, str activation, float activation_param) -> Tensor");
+  // Forward from given statistics (used by the synchronised BatchNorm after its all-gather).
+  m.def(
+      "batch_norm_act_apply(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, str activation, float activation_param) -> Tensor");
+  // Backward pass 1: per-channel sum(g) and sum(g * x_hat), g = grad_out * act'(pre-activation).
+  m.def(
+      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, str activation, float activation_param) "
+      "-> (Tensor sum_g, Tensor sum_g_xhat)");
+  // Backward pass 2: grad_input (and grad_residual = g when residual is given, else an empty
+  // tensor). mean_g/mean_g_xhat None means eval mode.
+  m.def(
+      "batch_norm_act_backward_elemt(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, Tensor? mean_g, Tensor? mean_g_xhat, "
+      "str activation, float activation_param) -> (Tensor grad_input, Tensor grad_residual)");
+  // How many kernel launches a device's compiled code has made: lets tests prove that the
+  // compiled kernels, not some Python reference, produced the numbers.
+  m.def("kernel_calls(str device) -> int", &pyfusedbn::kernel_calls);
+}

@@ -1,0 +1,15 @@
+"""pyfusedbn: fused BatchNorm + activation (+ residual) for PyTorch, forward and backward."""
+from ._ops import backends
+from .activations import ACTIVATION_NAMES
+from .functional import batch_norm_act
+from .modules import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+
+__all__ = [
+    "ACTIVATION_NAMES",
+    "BatchNormAct1d",
+    "BatchNormAct2d",
+    "BatchNormAct3d",
+    "backends",
+    "batch_norm_act",
+]
+__version__ = "0.1.0"

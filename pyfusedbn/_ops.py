@@ -1,0 +1,79 @@
+"""Loads the compiled library (loudly: there is no Python fallback) and registers the fake
+kernels that let torch.compile and torch.export trace the ops."""
+import torch
+from torch._prims_common import suggest_memory_format
+
+try:
+    from . import _C  # noqa: F401  (registers torch.ops.pyfusedbn.*)
+except ImportError as e:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "pyfusedbn: the compiled kernels (pyfusedbn._C) could not be loaded: "
+        f"{e}. pyfusedbn has no pure-Python fallback. Build it in place with "
+        "`pip install --no-build-isolation -e .` (or `make test`), against the same torch "
+        f"version you run (this is torch {torch.__version__})."
+    ) from e
+
+ops = torch.ops.pyfusedbn
+
+OP_NAMES = (
+    "batch_norm_stats",
+    "batch_norm_act_train",
+    "batch_norm_act_eval",
+    "batch_norm_act_apply",
+    "batch_norm_act_backward_reduce",
+    "batch_norm_act_backward_elemt",
+)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of per-channel statistics and accumulation, as torch's opmath type."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def backends() -> dict:
+    """Which compiled kernels are registered, e.g. {"cpu": True, "cuda": False}."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    return {dev: has(f"pyfusedbn::{OP_NAMES[1]}", key) for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
+
+
+def _like_input(input):
+    return torch.empty_like(input, memory_format=suggest_memory_format(input))
+
+
+def _per_channel(input):
+    return input.new_empty((input.shape[1],), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_stats")
+def _stats_fake(input):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_train")
+def _train_fake(input, weight, bias, residual, running_mean, running_var, momentum, eps,
+                activation, activation_param):
+    return _like_input(input), _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_eval")
+def _eval_fake(input, running_mean, running_var, weight, bias, residual, eps, activation,
+               activation_param):
+    return _like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_apply")
+def _apply_fake(input, mean, invstd, weight, bias, residual, activation, activation_param):
+    return _like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward_reduce")
+def _reduce_fake(grad_out, input, mean, invstd, weight, bias, residual, activation,
+                 activation_param):
+    return _per_channel(input), _per_channel(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward_elemt")
+def _elemt_fake(grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat,
+                activation, activation_param):
+    grad_residual = _like_input(input) if residual is not None else input.new_empty((0,))
+    return _like_input(input), grad_residual

@@ -1,0 +1,150 @@
+"""batch_norm_act: y = act(BatchNorm(x) + residual) as one fused op, and its autograd.Function."""
+import numbers
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._ops import acc_dtype, ops
+from .activations import resolve_activation, torch_activation
+
+
+def batch_norm_act(
+    input: Tensor,
+    running_mean: Optional[Tensor],
+    running_var: Optional[Tensor],
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    activation: str = "relu",
+    activation_param: Optional[float] = None,
+    residual: Optional[Tensor] = None,
+) -> Tensor:
+    """`act(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+    + residual)`, computed in one pass forward and two passes backward.
+
+    Arguments mean what they mean for torch.nn.functional.batch_norm; running statistics are
+    updated in place when training. `activation` names a torch.nn.functional activation (see
+    pyfusedbn.ACTIVATION_NAMES) and `activation_param` its one parameter (torch's default if None).
+    """
+    activation, activation_param = resolve_activation(activation, activation_param)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"batch_norm_act: input must be a Tensor, got {type(input).__name__}")
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        raise TypeError(f"batch_norm_act: momentum must be a float, got {momentum!r}")
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"batch_norm_act: eps must be a float, got {eps!r}")
+    if not training and (running_mean is None or running_var is None):
+        raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
+                           "evaluation mode (training=False)")
+    return BatchNormActFunction.apply(input, weight, bias, residual, running_mean, running_var,
+                                      bool(training), float(momentum), float(eps), activation,
+                                      activation_param)
+
+
+class BatchNormActFunction(torch.autograd.Function):
+    """Forward: one op (statistics, running-stat update, normalise/affine/residual/activation).
+    Backward: the reduce op then the elementwise op. Saves input, mean and invstd (and residual
+    when given: the activation's derivative needs the full pre-activation value)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
+                momentum, eps, activation, activation_param):
+        if training:
+            out, mean, invstd = ops.batch_norm_act_train(
+                input, weight, bias, residual, running_mean, running_var, momentum, eps,
+                activation, activation_param)
+        else:
+            out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias,
+                                          residual, eps, activation, activation_param)
+            # Copies: the buffers may be updated in place before backward runs.
+            acc = acc_dtype(input.dtype)
+            mean = running_mean.to(acc, copy=True)
+            invstd = torch.rsqrt(running_var.to(acc) + eps)
+        ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
+        ctx.training = training
+        ctx.eps = eps
+        ctx.activation = activation
+        ctx.activation_param = activation_param
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        input, weight, bias, residual, mean, invstd = ctx.saved_tensors
+        need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiate a composite of torch ops instead.
+            grads = _composite_backward(ctx, grad_out, input, weight, bias, residual)
+        else:
+            grads = _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd)
+        grad_input, grad_weight, grad_bias, grad_residual = grads
+        return (grad_input if need_input else None, grad_weight if need_weight else None,
+                grad_bias if need_bias else None, grad_residual if need_residual else None,
+                None, None, None, None, None, None, None)
+
+
+def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd):
+    need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
+    grad_out = grad_out.contiguous(memory_format=_memory_format(input))
+    act, param = ctx.activation, ctx.activation_param
+    grad_weight = grad_bias = sum_g = sum_g_xhat = None
+    if ctx.training or need_weight or need_bias:
+        sum_g, sum_g_xhat = ops.batch_norm_act_backward_reduce(
+            grad_out, input, mean, invstd, weight, bias, residual, act, param)
+        if need_weight:
+            grad_weight = sum_g_xhat.to(weight.dtype)
+        if need_bias:
+            grad_bias = sum_g.to(bias.dtype)
+    grad_input = grad_residual = None
+    if need_input or need_residual:
+        mean_g = mean_g_xhat = None
+        if ctx.training:
+            count = max(input.numel() // max(input.shape[1], 1), 1)
+            mean_g, mean_g_xhat = sum_g / count, sum_g_xhat / count
+        grad_input, grad_residual = ops.batch_norm_act_backward_elemt(
+            grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act, param)
+    return grad_input, grad_weight, grad_bias, grad_residual
+
+
+def _memory_format(t):
+    from torch._prims_common import suggest_memory_format
+
+    return suggest_memory_format(t)
+
+
+def _composite_backward(ctx, grad_out, input, weight, bias, residual):
+    """Gradients through a torch-op composite of the same forward, so they are themselves
+    differentiable (gradgradcheck). Only used when backward runs with create_graph=True."""
+    diff = [t for t in (input, weight, bias, residual) if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        out = composite_batch_norm_act(input, weight, bias, residual, ctx.training, ctx.eps,
+                                       ctx.activation, ctx.activation_param,
+                                       None if ctx.training else ctx.saved_tensors[4:6])
+        grads = iter(torch.autograd.grad(out, diff, grad_out, create_graph=True, allow_unused=True)
+                     if diff else ())
+    return tuple(next(grads) if t is not None and t.requires_grad else None
+                 for t in (input, weight, bias, residual))
+
+
+def composite_batch_norm_act(input, weight, bias, residual, training, eps, activation,
+                             activation_param, eval_stats=None):
+    """The forward in plain torch ops (no running-stat update). eval_stats: (mean, invstd)."""
+    shape = (1, -1) + (1,) * (input.dim() - 2)
+    acc = acc_dtype(input.dtype)
+    x = input.to(acc)
+    if training:
+        dims = [0] + list(range(2, input.dim()))
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
+        invstd = torch.rsqrt(var + eps)
+    else:
+        mean, invstd = eval_stats
+    z = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    if weight is not None:
+        z = z * weight.to(acc).reshape(shape)
+    if bias is not None:
+        z = z + bias.to(acc).reshape(shape)
+    if residual is not None:
+        z = z + residual.to(acc)
+    return torch_activation(activation, activation_param)(z).to(input.dtype)

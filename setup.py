@@ -1,0 +1,57 @@
+"""Builds pyfusedbn._C: the C++ kernels always, the CUDA kernels when a CUDA toolchain and a
+CUDA build of torch are both present (or PYFUSEDBN_CUDA=1 forces them, =0 leaves them out)."""
+import glob
+import os
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def host_cpu_flags():
+    """Vector ISA flags for the CPU kernels, from what the build machine supports.
+
+    The package is built from source where it runs, so this plays the role of -march=native while
+    staying explicit; PYFUSEDBN_CPU_FLAGS overrides it (e.g. "" for a portable build).
+    """
+    if "PYFUSEDBN_CPU_FLAGS" in os.environ:
+        return os.environ["PYFUSEDBN_CPU_FLAGS"].split()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_flags = set(f.read().split())
+    except OSError:
+        return []
+    wanted = [("avx2", "-mavx2"), ("fma", "-mfma"), ("f16c", "-mf16c")]
+    return [flag for name, flag in wanted if name in cpu_flags]
+
+
+def want_cuda():
+    forced = os.environ.get("PYFUSEDBN_CUDA")
+    if forced is not None:
+        return forced == "1"
+    import torch
+
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-fopenmp-simd", "-std=c++17"] + host_cpu_flags()
+    if not want_cuda():
+        return cpp_extension.CppExtension(
+            "pyfusedbn._C", sources, extra_compile_args={"cxx": cxx_flags})
+    sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
+    nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
+    return cpp_extension.CUDAExtension(
+        "pyfusedbn._C", sources,
+        extra_compile_args={"cxx": cxx_flags + ["-DPYFUSEDBN_WITH_CUDA"], "nvcc": nvcc_flags})
+
+
+setup(
+    name="pyfusedbn",
+    version="0.1.0",
+    packages=find_packages(include=["pyfusedbn", "pyfusedbn.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+)
