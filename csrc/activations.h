@@ -50,19 +50,29 @@ enum class ActKind : int32_t {
 };
 
 // Each activation: value(z, p) and grad(z, p) = d value / dz, both in the accumulate type T.
+// Invertible ones (kInvertible) also give inverse(y, p) = z, which the memory-saving backward uses
+// to rebuild the pre-activation from the output. Others inherit NotInvertible: the ops refuse
+// from_output for them before any kernel runs.
+struct NotInvertible {
+  static constexpr bool kInvertible = false;
+  template <typename T> FBN_HOST_DEVICE static T inverse(T y, T) { return y; }
+};
+
 struct Identity {
+  static constexpr bool kInvertible = true;
+  template <typename T> FBN_HOST_DEVICE static T inverse(T y, T) { return y; }
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z; }
   template <typename T> FBN_HOST_DEVICE static T grad(T, T) { return T(1); }
 };
 
-struct Relu {
+struct Relu : NotInvertible {
   // `z < 0 ? 0 : z` keeps NaN (torch.relu(nan) is nan); fmax would turn it into 0.
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z < T(0) ? T(0) : z; }
   // threshold_backward: gradient flows where the output is > 0, so not at z == 0.
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T) { return z > T(0) ? T(1) : T(0); }
 };
 
-struct Relu6 {
+struct Relu6 : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
     return z < T(0) ? T(0) : (z > T(6) ? T(6) : z);
   }
@@ -73,11 +83,23 @@ struct Relu6 {
 };
 
 struct LeakyRelu {
+  // Invertible for negative_slope > 0 (the ops check).
+  static constexpr bool kInvertible = true;
+  template <typename T> FBN_HOST_DEVICE static T inverse(T y, T slope) { return y > T(0) ? y : y / slope; }
   template <typename T> FBN_HOST_DEVICE static T value(T z, T slope) { return z > T(0) ? z : z * slope; }
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T slope) { return z > T(0) ? T(1) : slope; }
 };
 
 struct Elu {
+  // Invertible for alpha > 0 (the ops check): y in (-alpha, 0] maps back through log1p.
+  static constexpr bool kInvertible = true;
+  // Where exp(z) underflows against 1, y == -alpha and log1p(-1) = -inf; stopping just short of
+  // -1 keeps x finite there (its gradient weight alpha * exp(z) is ~1e-7 of alpha anyway).
+  template <typename T> FBN_HOST_DEVICE static T inverse(T y, T alpha) {
+    const T ratio = y / alpha;
+    const T floor = T(-1) + T(1e-7);
+    return y > T(0) ? y : fbn_log1p(ratio > floor ? ratio : floor);
+  }
   template <typename T> FBN_HOST_DEVICE static T value(T z, T alpha) {
     return z > T(0) ? z : alpha * fbn_expm1(z);
   }
@@ -86,7 +108,7 @@ struct Elu {
   }
 };
 
-struct Sigmoid {
+struct Sigmoid : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return T(1) / (T(1) + fbn_exp(-z)); }
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
     const T s = value(z, T(0));
@@ -94,7 +116,7 @@ struct Sigmoid {
   }
 };
 
-struct Silu {
+struct Silu : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z / (T(1) + fbn_exp(-z)); }
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
     const T s = T(1) / (T(1) + fbn_exp(-z));
@@ -102,7 +124,7 @@ struct Silu {
   }
 };
 
-struct Gelu {
+struct Gelu : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
     const T kSqrtHalf = T(0.70710678118654752440);
     return T(0.5) * z * (T(1) + fbn_erf(z * kSqrtHalf));
@@ -116,7 +138,7 @@ struct Gelu {
   }
 };
 
-struct GeluTanh {
+struct GeluTanh : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
     const T kBeta = T(0.79788456080286535588);  // sqrt(2 / pi)
     const T kKappa = T(0.044715);
@@ -134,7 +156,7 @@ struct GeluTanh {
   }
 };
 
-struct Tanh {
+struct Tanh : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return fbn_tanh(z); }
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
     const T t = fbn_tanh(z);
@@ -142,7 +164,7 @@ struct Tanh {
   }
 };
 
-struct Softplus {
+struct Softplus : NotInvertible {
   // F.softplus(z, beta, threshold=20): linear once beta*z > threshold, as torch.
   template <typename T> FBN_HOST_DEVICE static T value(T z, T beta) {
     const T bz = z * beta;
@@ -155,7 +177,7 @@ struct Softplus {
   }
 };
 
-struct Softsign {
+struct Softsign : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) { return z / (T(1) + fbn_abs(z)); }
   template <typename T> FBN_HOST_DEVICE static T grad(T z, T) {
     const T d = T(1) + fbn_abs(z);
@@ -163,7 +185,7 @@ struct Softsign {
   }
 };
 
-struct Mish {
+struct Mish : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
     return z * fbn_tanh(fbn_log1p(fbn_exp(z)));
   }
@@ -174,7 +196,7 @@ struct Mish {
   }
 };
 
-struct Hardswish {
+struct Hardswish : NotInvertible {
   template <typename T> FBN_HOST_DEVICE static T value(T z, T) {
     const T r = z + T(3);
     const T clamped = r < T(0) ? T(0) : (r > T(6) ? T(6) : r);

@@ -77,6 +77,29 @@ std::tuple<Tensor, Tensor> affine_coefficients(const Tensor& mean, const Tensor&
   return {scale.contiguous(), shift.contiguous()};
 }
 
+BackwardCoefficients backward_coefficients(const Tensor& input, const Tensor& mean, const Tensor& invstd,
+                                           const OptTensor& weight, const OptTensor& bias,
+                                           ActKind act, double activation_param, bool from_output,
+                                           const char* op) {
+  check_per_channel(mean, "mean", input, op);
+  check_per_channel(invstd, "invstd", input, op);
+  check_per_channel(weight, "weight", input, op);
+  check_per_channel(bias, "bias", input, op);
+  if (from_output) {
+    bool invertible = false;
+    dispatch_activation(act, [&](auto activation) { invertible = decltype(activation)::kInvertible; });
+    const bool param_ok = (act != ActKind::LeakyRelu && act != ActKind::Elu) || activation_param > 0.0;
+    TORCH_CHECK_VALUE(invertible && param_ok, op, ": from_output (memory-saving backward) needs an "
+                      "invertible activation: identity, leaky_relu with negative_slope > 0 or elu with "
+                      "alpha > 0; got ", kActivationNames[static_cast<int>(act)], " with parameter ",
+                      activation_param);
+  }
+  const auto acc = acc_type_of(input);
+  const Tensor scale = weight.has_value() ? weight->to(acc) * invstd.to(acc) : invstd.to(acc, false, true);
+  const Tensor bias_acc = bias.has_value() ? bias->to(acc).contiguous() : at::zeros_like(scale);
+  return {mean.to(acc).contiguous(), scale.contiguous(), bias_acc};
+}
+
 void update_running_stats(const OptTensor& running_mean, const OptTensor& running_var,
                           const Tensor& mean, const Tensor& var, int64_t count, double momentum) {
   if (!running_mean.has_value()) return;

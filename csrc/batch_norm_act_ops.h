@@ -128,27 +128,34 @@ Tensor batch_norm_act_eval(const Tensor& input, const Tensor& running_mean, cons
                                        activation, activation_param);
 }
 
+// Per-channel inputs of both backward passes: mean, scale = weight * invstd and the bias (zeros
+// without affine), in the accumulate dtype.
+struct BackwardCoefficients {
+  Tensor mean, scale, bias;
+};
+BackwardCoefficients backward_coefficients(const Tensor& input, const Tensor& mean, const Tensor& invstd,
+                                           const OptTensor& weight, const OptTensor& bias,
+                                           ActKind act, double activation_param, bool from_output,
+                                           const char* op);
+
+// `saved` is the forward's input, or its output when from_output (memory-saving mode).
 template <typename Backend>
 std::tuple<Tensor, Tensor> batch_norm_act_backward_reduce(
-    const Tensor& grad_out, const Tensor& input, const Tensor& mean, const Tensor& invstd,
+    const Tensor& grad_out, const Tensor& saved, const Tensor& mean, const Tensor& invstd,
     const OptTensor& weight, const OptTensor& bias, const OptTensor& residual,
-    const std::string& activation, double activation_param) {
+    const std::string& activation, double activation_param, bool from_output) {
   const char* op = "batch_norm_act_backward_reduce";
   const ActKind act = parse_activation(activation);
-  const LaidOut x = lay_out_input(input, op);
+  const LaidOut x = lay_out_input(saved, op);
   const Tensor dy = lay_out_like(grad_out, "grad_out", x, op);
-  check_per_channel(mean, "mean", input, op);
-  check_per_channel(invstd, "invstd", input, op);
-  check_per_channel(weight, "weight", input, op);
-  check_per_channel(bias, "bias", input, op);
   const OptTensor res = lay_out_like(residual, "residual", x, op);
-  auto [scale, shift] = affine_coefficients(mean, invstd, weight, bias, acc_type_of(input));
-  const Tensor mean_acc = mean.to(scale.scalar_type());
-  Tensor sum_g = at::zeros_like(scale);
-  Tensor sum_g_xc = at::zeros_like(scale);
+  const BackwardCoefficients k =
+      backward_coefficients(saved, mean, invstd, weight, bias, act, activation_param, from_output, op);
+  Tensor sum_g = at::zeros_like(k.scale);
+  Tensor sum_g_xc = at::zeros_like(k.scale);
   if (x.shape.numel() > 0)
-    Backend::backward_reduce(dy, x.input, res, mean_acc, scale, shift, act, activation_param, sum_g,
-                             sum_g_xc, x.shape);
+    Backend::backward_reduce(dy, x.input, res, k, act, activation_param, from_output, sum_g, sum_g_xc,
+                             x.shape);
   // sum(g * x_hat) = invstd * sum(g * (x - mean)): this is grad_weight.
   return {sum_g, sum_g_xc.mul_(invstd.to(sum_g_xc.scalar_type()))};
 }
@@ -157,39 +164,35 @@ std::tuple<Tensor, Tensor> batch_norm_act_backward_reduce(
 // both None means eval-mode backward (statistics are constants).
 template <typename Backend>
 std::tuple<Tensor, Tensor> batch_norm_act_backward_elemt(
-    const Tensor& grad_out, const Tensor& input, const Tensor& mean, const Tensor& invstd,
+    const Tensor& grad_out, const Tensor& saved, const Tensor& mean, const Tensor& invstd,
     const OptTensor& weight, const OptTensor& bias, const OptTensor& residual,
     const OptTensor& mean_g, const OptTensor& mean_g_xhat, const std::string& activation,
-    double activation_param) {
+    double activation_param, bool from_output) {
   const char* op = "batch_norm_act_backward_elemt";
   const ActKind act = parse_activation(activation);
-  const LaidOut x = lay_out_input(input, op);
+  const LaidOut x = lay_out_input(saved, op);
   const Tensor dy = lay_out_like(grad_out, "grad_out", x, op);
-  check_per_channel(mean, "mean", input, op);
-  check_per_channel(invstd, "invstd", input, op);
-  check_per_channel(weight, "weight", input, op);
-  check_per_channel(bias, "bias", input, op);
-  check_per_channel(mean_g, "mean_g", input, op);
-  check_per_channel(mean_g_xhat, "mean_g_xhat", input, op);
+  check_per_channel(mean_g, "mean_g", saved, op);
+  check_per_channel(mean_g_xhat, "mean_g_xhat", saved, op);
   TORCH_CHECK_VALUE(mean_g.has_value() == mean_g_xhat.has_value(), op,
                     ": mean_g and mean_g_xhat must both be given (training) or both be None (eval)");
   const OptTensor res = lay_out_like(residual, "residual", x, op);
-  auto [scale, shift] = affine_coefficients(mean, invstd, weight, bias, acc_type_of(input));
-  const auto acc = scale.scalar_type();
-  const Tensor invstd_acc = invstd.to(acc);
-  // dx = w * invstd * (g - mean_g - x_hat * mean_g_xhat) = g * coef_g + x * coef_x + coef_const.
-  const Tensor coef_g = weight.has_value() ? weight->to(acc) * invstd_acc : invstd_acc.clone();
-  Tensor coef_x = at::zeros_like(coef_g);
+  const BackwardCoefficients k =
+      backward_coefficients(saved, mean, invstd, weight, bias, act, activation_param, from_output, op);
+  const auto acc = k.scale.scalar_type();
+  // dx = w * invstd * (g - mean_g - x_hat * mean_g_xhat) = g * coef_g + xc * coef_xc + coef_const.
+  const Tensor& coef_g = k.scale;
+  Tensor coef_xc = at::zeros_like(coef_g);
   Tensor coef_const = at::zeros_like(coef_g);
   if (mean_g.has_value()) {
-    coef_x = -coef_g * invstd_acc * mean_g_xhat->to(acc);
-    coef_const = -coef_g * mean_g->to(acc) - coef_x * mean.to(acc);
+    coef_xc = -coef_g * invstd.to(acc) * mean_g_xhat->to(acc);
+    coef_const = -coef_g * mean_g->to(acc);
   }
   Tensor grad_input = at::empty_like(x.input);
-  Tensor grad_residual = res.has_value() ? at::empty_like(x.input) : at::empty({0}, input.options());
+  Tensor grad_residual = res.has_value() ? at::empty_like(x.input) : at::empty({0}, saved.options());
   if (x.shape.numel() > 0)
-    Backend::backward_elemt(dy, x.input, res, scale, shift, coef_g, coef_x, coef_const, act,
-                            activation_param, grad_input, grad_residual, x.shape);
+    Backend::backward_elemt(dy, x.input, res, k, coef_g, coef_xc, coef_const, act, activation_param,
+                            from_output, grad_input, grad_residual, x.shape);
   return {grad_input, grad_residual};
 }
 

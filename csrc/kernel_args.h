@@ -34,39 +34,62 @@ struct ApplyArgs {
   BnShape shape;
 };
 
-// Backward reduction: g = grad_out * act'(z) with z recomputed from the input, then per channel
-// sum_g = sum(g) and sum_g_xc = sum(g * (x - mean)). (grad_bias = sum_g, grad_weight = invstd * sum_g_xc.)
+// The backward passes read back either the input x (the default) or the output y (memory-saving
+// mode, invertible activations only). Either way they rebuild, per element,
+//   xc = x - mean  and  z = xc * scale + bias (+ residual)      (z: the pre-activation value)
+// from x directly, or from y as z = Act::inverse(y), xc = (z - residual - bias) / scale.
+// scale = weight * invstd, bias = the BatchNorm bias (0 without affine).
+
+// Backward reduction: g = grad_out * act'(z), then per channel sum_g = sum(g) and
+// sum_g_xc = sum(g * xc). (grad_bias = sum_g, grad_weight = invstd * sum_g_xc.)
 template <typename scalar_t, typename acc_t>
 struct ReduceArgs {
   const scalar_t* grad_out;
-  const scalar_t* input;
+  const scalar_t* saved;     // x, or y when the kernel is instantiated from_output
   const scalar_t* residual;  // nullptr when absent
   const acc_t* mean;
   const acc_t* scale;
-  const acc_t* shift;
+  const acc_t* bias;
   acc_t* sum_g;
   acc_t* sum_g_xc;
   acc_t activation_param;
   BnShape shape;
 };
 
-// Backward elementwise pass: grad_input = g * coef_g[c] + x * coef_x[c] + coef_const[c], and
+// Backward elementwise pass: grad_input = g * coef_g[c] + xc * coef_xc[c] + coef_const[c], and
 // grad_residual = g. The three coefficients hold the whole BatchNorm backward (training or eval).
 template <typename scalar_t, typename acc_t>
 struct ElemtArgs {
   const scalar_t* grad_out;
-  const scalar_t* input;
+  const scalar_t* saved;     // x, or y when the kernel is instantiated from_output
   const scalar_t* residual;  // nullptr when absent
+  const acc_t* mean;
   const acc_t* scale;
-  const acc_t* shift;
+  const acc_t* bias;
   const acc_t* coef_g;
-  const acc_t* coef_x;
+  const acc_t* coef_xc;
   const acc_t* coef_const;
   scalar_t* grad_input;
-  scalar_t* grad_residual;  // nullptr when not wanted
+  scalar_t* grad_residual;  // nullptr when absent
   acc_t activation_param;
   BnShape shape;
 };
+
+// Rebuilds (xc, z) for one element; kFromOutput selects the memory-saving path.
+template <typename Act, bool kResidual, bool kFromOutput, typename acc_t>
+FBN_HOST_DEVICE void rebuild_pre_activation(acc_t saved, acc_t residual, acc_t mean, acc_t scale,
+                                            acc_t bias, acc_t param, acc_t& xc, acc_t& z) {
+  if constexpr (kFromOutput) {
+    z = Act::inverse(saved, param);
+    acc_t affine = z - bias;
+    if constexpr (kResidual) affine -= residual;
+    xc = affine / scale;
+  } else {
+    xc = saved - mean;
+    z = xc * scale + bias;
+    if constexpr (kResidual) z += residual;
+  }
+}
 
 // Statistics pass: per-channel mean and biased variance of the input.
 template <typename scalar_t, typename acc_t>

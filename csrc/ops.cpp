@@ -32,16 +32,19 @@ TORCH_LIBRARY(pyfusedbn, m) {
       "batch_norm_act_apply(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
       "Tensor? residual, str activation, float activation_param) -> Tensor");
   // Backward pass 1: per-channel sum(g) and sum(g * x_hat), g = grad_out * act'(pre-activation).
+  // `saved` is the forward's input, or its output with from_output=True (memory-saving mode,
+  // invertible activations only).
   m.def(
-      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, "
-      "Tensor? weight, Tensor? bias, Tensor? residual, str activation, float activation_param) "
-      "-> (Tensor sum_g, Tensor sum_g_xhat)");
+      "batch_norm_act_backward_reduce(Tensor grad_out, Tensor saved, Tensor mean, Tensor invstd, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, str activation, float activation_param, "
+      "bool from_output=False) -> (Tensor sum_g, Tensor sum_g_xhat)");
   // Backward pass 2: grad_input (and grad_residual = g when residual is given, else an empty
   // tensor). mean_g/mean_g_xhat None means eval mode.
   m.def(
-      "batch_norm_act_backward_elemt(Tensor grad_out, Tensor input, Tensor mean, Tensor invstd, "
+      "batch_norm_act_backward_elemt(Tensor grad_out, Tensor saved, Tensor mean, Tensor invstd, "
       "Tensor? weight, Tensor? bias, Tensor? residual, Tensor? mean_g, Tensor? mean_g_xhat, "
-      "str activation, float activation_param) -> (Tensor grad_input, Tensor grad_residual)");
+      "str activation, float activation_param, bool from_output=False) "
+      "-> (Tensor grad_input, Tensor grad_residual)");
   // How many kernel launches a device's compiled code has made: lets tests prove that the
   // compiled kernels, not some Python reference, produced the numbers.
   m.def("kernel_calls(str device) -> int", &pyfusedbn::kernel_calls);

@@ -67,13 +67,13 @@ def _apply_fake(input, mean, invstd, weight, bias, residual, activation, activat
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_backward_reduce")
-def _reduce_fake(grad_out, input, mean, invstd, weight, bias, residual, activation,
-                 activation_param):
-    return _per_channel(input), _per_channel(input)
+def _reduce_fake(grad_out, saved, mean, invstd, weight, bias, residual, activation,
+                 activation_param, from_output=False):
+    return _per_channel(saved), _per_channel(saved)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_backward_elemt")
-def _elemt_fake(grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat,
-                activation, activation_param):
-    grad_residual = _like_input(input) if residual is not None else input.new_empty((0,))
-    return _like_input(input), grad_residual
+def _elemt_fake(grad_out, saved, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat,
+                activation, activation_param, from_output=False):
+    grad_residual = _like_input(saved) if residual is not None else saved.new_empty((0,))
+    return _like_input(saved), grad_residual

@@ -25,6 +25,21 @@ void dispatch_act_residual(ActKind act, bool has_residual, F&& f) {
   });
 }
 
+// Backward kernels also split on from_output; the from-output variants exist only for invertible
+// activations (the ops have already refused the others).
+template <typename F>
+void dispatch_backward(ActKind act, bool has_residual, bool from_output, F&& f) {
+  dispatch_act_residual(act, has_residual, [&](auto activation, auto has_res) {
+    if constexpr (decltype(activation)::kInvertible) {
+      if (from_output) {
+        f(activation, has_res, std::true_type{});
+        return;
+      }
+    }
+    f(activation, has_res, std::false_type{});
+  });
+}
+
 #define FBN_DISPATCH_FLOATING(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
@@ -52,45 +67,46 @@ struct CpuBackend {
     });
   }
 
-  static void backward_reduce(const Tensor& dy, const Tensor& x, const OptTensor& residual,
-                              const Tensor& mean, const Tensor& scale, const Tensor& shift, ActKind act,
-                              double param, Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+  static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                              const BackwardCoefficients& k, ActKind act, double param, bool from_output,
+                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
-    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_backward_reduce_cpu", [&] {
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_reduce_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const ReduceArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(),   x.data_ptr<scalar_t>(),     ptr_or_null<scalar_t>(residual),
-          mean.data_ptr<acc_t>(),    scale.data_ptr<acc_t>(),    shift.data_ptr<acc_t>(),
-          sum_g.data_ptr<acc_t>(),   sum_g_xc.data_ptr<acc_t>(), static_cast<acc_t>(param),
+          dy.data_ptr<scalar_t>(),  saved.data_ptr<scalar_t>(),  ptr_or_null<scalar_t>(residual),
+          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),   k.bias.data_ptr<acc_t>(),
+          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(),  static_cast<acc_t>(param),
           shape};
-      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
-        cpu::reduce_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
+        cpu::reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
       });
     });
   }
 
-  static void backward_elemt(const Tensor& dy, const Tensor& x, const OptTensor& residual,
-                             const Tensor& scale, const Tensor& shift, const Tensor& coef_g,
-                             const Tensor& coef_x, const Tensor& coef_const, ActKind act, double param,
+  static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
+                             const Tensor& coef_const, ActKind act, double param, bool from_output,
                              Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
-    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_backward_elemt_cpu", [&] {
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_elemt_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const ElemtArgs<scalar_t, acc_t> args{
           dy.data_ptr<scalar_t>(),
-          x.data_ptr<scalar_t>(),
+          saved.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(residual),
-          scale.data_ptr<acc_t>(),
-          shift.data_ptr<acc_t>(),
+          k.mean.data_ptr<acc_t>(),
+          k.scale.data_ptr<acc_t>(),
+          k.bias.data_ptr<acc_t>(),
           coef_g.data_ptr<acc_t>(),
-          coef_x.data_ptr<acc_t>(),
+          coef_xc.data_ptr<acc_t>(),
           coef_const.data_ptr<acc_t>(),
           grad_input.data_ptr<scalar_t>(),
           residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
           static_cast<acc_t>(param),
           shape};
-      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
-        cpu::elemt_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
+        cpu::elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
       });
     });
   }

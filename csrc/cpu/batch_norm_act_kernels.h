@@ -161,62 +161,72 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
   });
 }
 
-template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+// Reads element i of an optional residual as acc_t (0 when absent).
+template <bool kResidual, typename scalar_t, typename acc_t>
+inline acc_t residual_at(const scalar_t* res, int64_t i) {
+  if constexpr (kResidual) return static_cast<acc_t>(res[i]);
+  else return acc_t(0);
+}
+
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
   const acc_t p = a.activation_param;
-  const bool want_res = a.grad_residual != nullptr;
   for_each_run(a.shape, [&](int64_t off, int64_t c, int64_t len) {
-    const scalar_t* x = a.input + off;
+    const scalar_t* saved = a.saved + off;
     const scalar_t* dy = a.grad_out + off;
     const scalar_t* res = kResidual ? a.residual + off : nullptr;
     scalar_t* dx = a.grad_input + off;
-    scalar_t* dres = want_res ? a.grad_residual + off : nullptr;
+    scalar_t* dres = kResidual ? a.grad_residual + off : nullptr;
+    // A planar run has one channel (c >= 0); a channels_last row walks all channels (cc = i).
+    auto element = [&](int64_t i, int64_t cc) {
+      acc_t xc, z;
+      rebuild_pre_activation<Act, kResidual, kFromOutput>(
+          static_cast<acc_t>(saved[i]), residual_at<kResidual, scalar_t, acc_t>(res, i), a.mean[cc],
+          a.scale[cc], a.bias[cc], p, xc, z);
+      const acc_t g = static_cast<acc_t>(dy[i]) * Act::grad(z, p);
+      dx[i] = static_cast<scalar_t>(g * a.coef_g[cc] + xc * a.coef_xc[cc] + a.coef_const[cc]);
+      if constexpr (kResidual) dres[i] = static_cast<scalar_t>(g);
+    };
     if (c >= 0) {
-      const acc_t sc = a.scale[c], sh = a.shift[c];
-      const acc_t kg = a.coef_g[c], kx = a.coef_x[c], k0 = a.coef_const[c];
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t xi = static_cast<acc_t>(x[i]);
-        const acc_t g = static_cast<acc_t>(dy[i]) * Act::grad(pre_activation<kResidual>(x, res, sc, sh, i), p);
-        dx[i] = static_cast<scalar_t>(g * kg + xi * kx + k0);
-        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(g);
-      }
+      for (int64_t i = 0; i < len; ++i) element(i, c);
     } else {
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) {
-        const acc_t xi = static_cast<acc_t>(x[i]);
-        const acc_t g = static_cast<acc_t>(dy[i]) *
-                        Act::grad(pre_activation<kResidual>(x, res, a.scale[i], a.shift[i], i), p);
-        dx[i] = static_cast<scalar_t>(g * a.coef_g[i] + xi * a.coef_x[i] + a.coef_const[i]);
-        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(g);
-      }
+      for (int64_t i = 0; i < len; ++i) element(i, i);
     }
   });
 }
 
-// sum(g) and sum(g * (x - mean)) per channel. Blocks sum in acc_t (vectorised), block totals
+// g and g * xc of one element, for the reductions.
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+inline void grad_terms(const ReduceArgs<scalar_t, acc_t>& a, int64_t idx, int64_t c, acc_t& g, acc_t& g_xc) {
+  acc_t xc, z;
+  rebuild_pre_activation<Act, kResidual, kFromOutput>(
+      static_cast<acc_t>(a.saved[idx]), residual_at<kResidual, scalar_t, acc_t>(a.residual, idx),
+      a.mean[c], a.scale[c], a.bias[c], a.activation_param, xc, z);
+  g = static_cast<acc_t>(a.grad_out[idx]) * Act::grad(z, a.activation_param);
+  g_xc = g * xc;
+}
+
+// sum(g) and sum(g * xc) per channel. Blocks sum in acc_t (vectorised), block totals
 // accumulate in double so that long reductions in float32 keep their precision.
-template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels, S = a.shape.spatial, N = a.shape.batch;
-  const acc_t p = a.activation_param;
   at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      const acc_t sc = a.scale[c], sh = a.shift[c], mu = a.mean[c];
       double total_g = 0, total_g_xc = 0;
       for (int64_t n = 0; n < N; ++n) {
         const int64_t off = (n * C + c) * S;
         for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
-          const int64_t len = std::min(kBlock, S - s0);
-          const scalar_t* x = a.input + off + s0;
-          const scalar_t* dy = a.grad_out + off + s0;
-          const scalar_t* res = kResidual ? a.residual + off + s0 : nullptr;
+          const int64_t end = off + s0 + std::min(kBlock, S - s0);
           acc_t sum_g = 0, sum_g_xc = 0;
 #pragma omp simd reduction(+ : sum_g, sum_g_xc)
-          for (int64_t i = 0; i < len; ++i) {
-            const acc_t g = static_cast<acc_t>(dy[i]) * Act::grad(pre_activation<kResidual>(x, res, sc, sh, i), p);
+          for (int64_t i = off + s0; i < end; ++i) {
+            acc_t g, g_xc;
+            grad_terms<Act, kResidual, kFromOutput>(a, i, c, g, g_xc);
             sum_g += g;
-            sum_g_xc += g * (static_cast<acc_t>(x[i]) - mu);
+            sum_g_xc += g_xc;
           }
           total_g += sum_g;
           total_g_xc += sum_g_xc;
@@ -228,13 +238,12 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
   });
 }
 
-template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
   const int64_t rows_per_block = std::max<int64_t>(1, kBlock / C);
   const int64_t blocks = (rows + rows_per_block - 1) / rows_per_block;
   const int threads = at::get_num_threads();
-  const acc_t p = a.activation_param;
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
@@ -244,15 +253,12 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
       std::fill(sum_g_xc.begin(), sum_g_xc.end(), acc_t(0));
       const int64_t r1 = std::min(rows, (b + 1) * rows_per_block);
       for (int64_t r = b * rows_per_block; r < r1; ++r) {
-        const scalar_t* x = a.input + r * C;
-        const scalar_t* dy = a.grad_out + r * C;
-        const scalar_t* res = kResidual ? a.residual + r * C : nullptr;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t g = static_cast<acc_t>(dy[c]) *
-                          Act::grad(pre_activation<kResidual>(x, res, a.scale[c], a.shift[c], c), p);
+          acc_t g, g_xc;
+          grad_terms<Act, kResidual, kFromOutput>(a, r * C + c, c, g, g_xc);
           sum_g[c] += g;
-          sum_g_xc[c] += g * (static_cast<acc_t>(x[c]) - a.mean[c]);
+          sum_g_xc[c] += g_xc;
         }
       }
       double* g_total = &t_g[tid * C];
@@ -274,10 +280,10 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
   }
 }
 
-template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a) {
-  if (a.shape.channels_last) reduce_channels_last<Act, kResidual>(a);
-  else reduce_planar<Act, kResidual>(a);
+  if (a.shape.channels_last) reduce_channels_last<Act, kResidual, kFromOutput>(a);
+  else reduce_planar<Act, kResidual, kFromOutput>(a);
 }
 
 }  // namespace cpu
