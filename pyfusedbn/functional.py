@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ._ops import acc_dtype, ops
-from .activations import resolve_activation, torch_activation
+from .activations import ACTIVATIONS, resolve_activation
 
 
 def batch_norm_act(
@@ -147,4 +147,5 @@ def composite_batch_norm_act(input, weight, bias, residual, training, eps, activ
         z = z + bias.to(acc).reshape(shape)
     if residual is not None:
         z = z + residual.to(acc)
-    return torch_activation(activation, activation_param)(z).to(input.dtype)
+    # activation_param is already resolved (0.0 for parameter-free activations).
+    return ACTIVATIONS[activation].torch_fn(z, activation_param).to(input.dtype)
