@@ -64,6 +64,8 @@ class BatchNormActFunction(torch.autograd.Function):
             mean = running_mean.to(acc, copy=True)
             invstd = torch.rsqrt(running_var.to(acc) + eps)
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
+        # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
+        ctx.memory_format = _memory_format(input)
         ctx.training = training
         ctx.eps = eps
         ctx.activation = activation
@@ -87,7 +89,7 @@ class BatchNormActFunction(torch.autograd.Function):
 
 def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd):
     need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
-    grad_out = grad_out.contiguous(memory_format=_memory_format(input))
+    grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
     act, param = ctx.activation, ctx.activation_param
     grad_weight = grad_bias = sum_g = sum_g_xhat = None
     if ctx.training or need_weight or need_bias:
