@@ -36,6 +36,15 @@ def backends() -> dict:
     return {dev: has(f"pyfusedbn::{OP_NAMES[1]}", key) for dev, key in (("cpu", "CPU"), ("cuda", "CUDA"))}
 
 
+def _check_devices(op, input, **tensors):
+    """The C++ ops check this; fake kernels must too, or a meta tensor among CPU ones would make
+    the dispatcher run only the fake kernel and return a meta result without complaint."""
+    for name, t in tensors.items():
+        if t is not None and t.device != input.device:
+            raise RuntimeError(f"{op}: {name} is on {t.device} but input is on {input.device}; "
+                               "expected all tensors on one device")
+
+
 def _like_input(input):
     return torch.empty_like(input, memory_format=suggest_memory_format(input))
 
@@ -52,28 +61,39 @@ def _stats_fake(input):
 @torch.library.register_fake("pyfusedbn::batch_norm_act_train")
 def _train_fake(input, weight, bias, residual, running_mean, running_var, momentum, eps,
                 activation, activation_param):
+    _check_devices("batch_norm_act_train", input, weight=weight, bias=bias, residual=residual,
+                   running_mean=running_mean, running_var=running_var)
     return _like_input(input), _per_channel(input), _per_channel(input)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_eval")
 def _eval_fake(input, running_mean, running_var, weight, bias, residual, eps, activation,
                activation_param):
+    _check_devices("batch_norm_act_eval", input, weight=weight, bias=bias, residual=residual,
+                   running_mean=running_mean, running_var=running_var)
     return _like_input(input)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_apply")
 def _apply_fake(input, mean, invstd, weight, bias, residual, activation, activation_param):
+    _check_devices("batch_norm_act_apply", input, mean=mean, invstd=invstd, weight=weight, bias=bias,
+                   residual=residual)
     return _like_input(input)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_backward_reduce")
 def _reduce_fake(grad_out, saved, mean, invstd, weight, bias, residual, activation,
                  activation_param, from_output=False):
+    _check_devices("batch_norm_act_backward_reduce", saved, grad_out=grad_out, mean=mean,
+                   invstd=invstd, weight=weight, bias=bias, residual=residual)
     return _per_channel(saved), _per_channel(saved)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_backward_elemt")
 def _elemt_fake(grad_out, saved, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat,
                 activation, activation_param, from_output=False):
+    _check_devices("batch_norm_act_backward_elemt", saved, grad_out=grad_out, mean=mean,
+                   invstd=invstd, weight=weight, bias=bias, residual=residual, mean_g=mean_g,
+                   mean_g_xhat=mean_g_xhat)
     grad_residual = _like_input(saved) if residual is not None else saved.new_empty((0,))
     return _like_input(saved), grad_residual

@@ -23,13 +23,16 @@ constexpr int64_t kBlock = 4096;
 // Elements per parallel task in the elementwise passes.
 constexpr int64_t kGrain = 32768;
 
-// Mean and M2 of one contiguous block, two passes over cached data.
+// Mean and M2 of one contiguous block, two passes over cached data. The first pass sums
+// x - x[0] rather than x: with a large mean (1e4 over a spread of 1) float32 sums of raw values
+// would lose the digits the variance is made of.
 template <typename scalar_t, typename acc_t>
 inline MeanM2<acc_t> block_mean_m2(const scalar_t* p, int64_t len) {
+  const acc_t shift = static_cast<acc_t>(p[0]);
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(p[i]);
-  const acc_t mean = sum / static_cast<acc_t>(len);
+  for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(p[i]) - shift;
+  const acc_t mean = shift + sum / static_cast<acc_t>(len);
   acc_t m2 = 0;
 #pragma omp simd reduction(+ : m2)
   for (int64_t i = 0; i < len; ++i) {
@@ -73,14 +76,16 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * rows_per_block, r1 = std::min(rows, r0 + rows_per_block);
       const acc_t len = static_cast<acc_t>(r1 - r0);
+      // Shifted sums, as in block_mean_m2: the block's first row is the shift.
+      const scalar_t* first = a.input + r0 * C;
       std::fill(block_mean.begin(), block_mean.end(), acc_t(0));
       std::fill(block_m2.begin(), block_m2.end(), acc_t(0));
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = a.input + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]);
+        for (int64_t c = 0; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]) - static_cast<acc_t>(first[c]);
       }
-      for (int64_t c = 0; c < C; ++c) block_mean[c] /= len;
+      for (int64_t c = 0; c < C; ++c) block_mean[c] = static_cast<acc_t>(first[c]) + block_mean[c] / len;
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = a.input + r * C;
 #pragma omp simd
