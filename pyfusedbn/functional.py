@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ._ops import acc_dtype, ops
 from .activations import ACTIVATIONS, resolve_activation
+from .memory_efficient import apply_memory_efficient, check_memory_efficient
 
 
 def batch_norm_act(
@@ -21,6 +22,9 @@ def batch_norm_act(
     activation: str = "relu",
     activation_param: Optional[float] = None,
     residual: Optional[Tensor] = None,
+    *,
+    memory_efficient: bool = False,
+    inplace: bool = False,
 ) -> Tensor:
     """`act(F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
     + residual)`, computed in one pass forward and two passes backward.
@@ -28,8 +32,13 @@ def batch_norm_act(
     Arguments mean what they mean for torch.nn.functional.batch_norm; running statistics are
     updated in place when training. `activation` names a torch.nn.functional activation (see
     pyfusedbn.ACTIVATION_NAMES) and `activation_param` its one parameter (torch's default if None).
+
+    memory_efficient=True saves the output instead of the input for backward (invertible
+    activations only: identity, leaky_relu, elu; |weight| clamped to >= MIN_WEIGHT); inplace=True
+    also writes the result into input's storage. See pyfusedbn/memory_efficient.py.
     """
     activation, activation_param = resolve_activation(activation, activation_param)
+    check_memory_efficient(memory_efficient, inplace, activation, activation_param)
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm_act: input must be a Tensor, got {type(input).__name__}")
     if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
@@ -39,6 +48,10 @@ def batch_norm_act(
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
                            "evaluation mode (training=False)")
+    if memory_efficient:
+        return apply_memory_efficient(input, weight, bias, residual, running_mean, running_var,
+                                      bool(training), float(momentum), float(eps), activation,
+                                      activation_param, bool(inplace))
     return BatchNormActFunction.apply(input, weight, bias, residual, running_mean, running_var,
                                       bool(training), float(momentum), float(eps), activation,
                                       activation_param)

@@ -10,23 +10,36 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .activations import resolve_activation
 from .functional import batch_norm_act
+from .memory_efficient import check_memory_efficient
 
 
 class _BatchNormAct(_BatchNorm):
+    # Class defaults too, so modules pickled before these options existed still run.
+    memory_efficient = False
+    inplace = False
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, activation: str = "relu",
-                 activation_param: Optional[float] = None, device=None, dtype=None) -> None:
+                 activation_param: Optional[float] = None, device=None, dtype=None, *,
+                 memory_efficient: bool = False, inplace: bool = False) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
         # Validate now (ValueError naming the valid choices); keep what the user passed.
-        resolve_activation(activation, activation_param)
+        check_memory_efficient(memory_efficient, inplace,
+                               *resolve_activation(activation, activation_param))
         self.activation = activation
         self.activation_param = activation_param
+        # Plain attributes (not state_dict): how backward is computed, not what the layer holds.
+        self.memory_efficient = memory_efficient
+        self.inplace = inplace
 
     def extra_repr(self) -> str:
         text = super().extra_repr() + f", activation={self.activation}"
         if self.activation_param is not None:
             text += f", activation_param={self.activation_param}"
+        for option in ("memory_efficient", "inplace"):
+            if getattr(self, option):
+                text += f", {option}=True"
         return text
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
@@ -47,7 +60,8 @@ class _BatchNormAct(_BatchNorm):
             self.running_mean if use_running else None,
             self.running_var if use_running else None,
             self.weight, self.bias, bn_training, exponential_average_factor, self.eps,
-            self.activation, self.activation_param, residual)
+            self.activation, self.activation_param, residual,
+            memory_efficient=self.memory_efficient, inplace=self.inplace)
 
 
 class BatchNormAct1d(_BatchNormAct):
