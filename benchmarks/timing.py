@@ -1,0 +1,86 @@
+"""Timing harness: several contenders timed round-robin in one process, median and spread over
+repeats (warm-up excluded), device synchronised; and the device's measured copy bandwidth.
+
+Round-robin (every repeat times each contender once, in turn) keeps a noisy shared machine's
+slow spells from landing on one contender only.
+"""
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Timing:
+    """Seconds per call over the repeats (each repeat: the mean of `inner` back-to-back calls)."""
+    samples: List[float] = field(default_factory=list)
+    inner: int = 1
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def quantile(self, q: float) -> float:
+        ordered = sorted(self.samples)
+        position = q * (len(ordered) - 1)
+        low = int(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    @property
+    def iqr(self) -> float:
+        return self.quantile(0.75) - self.quantile(0.25)
+
+    def summary(self) -> dict:
+        return {"median_s": self.median, "q1_s": self.quantile(0.25), "q3_s": self.quantile(0.75),
+                "iqr_s": self.iqr, "min_s": min(self.samples), "repeats": len(self.samples),
+                "inner": self.inner}
+
+
+def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / inner
+
+
+def time_contenders(contenders: Dict[str, Callable[[], object]], device: torch.device,
+                    warmup: int = 2, repeats: int = 10, min_repeat_s: float = 0.01,
+                    max_total_s: float = float("inf")) -> Dict[str, Timing]:
+    """Times each callable. `inner` (calls per repeat) is chosen per contender so a repeat lasts
+    at least min_repeat_s (timer resolution and launch jitter then stay small); repeats stop early,
+    after at least 3, once max_total_s has been spent."""
+    timings = {}
+    for name, fn in contenders.items():
+        for _ in range(warmup):
+            fn()
+        once = _time_once(fn, 1, device)
+        timings[name] = Timing(inner=max(1, int(min_repeat_s / max(once, 1e-9))))
+    start = time.perf_counter()
+    for repeat in range(repeats):
+        for name, fn in contenders.items():
+            timings[name].samples.append(_time_once(fn, timings[name].inner, device))
+        if repeat >= 2 and time.perf_counter() - start > max_total_s:
+            break
+    return timings
+
+
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 10) -> dict:
+    """Achieved bandwidth of a large tensor copy (read + write counted) on the device: the
+    ceiling a memory-bound kernel can be compared with."""
+    numel = nbytes // 4
+    src = torch.randn(numel, device=device)
+    dst = torch.empty_like(src)
+    timing = time_contenders({"copy": lambda: dst.copy_(src)}, device, warmup=2,
+                             repeats=repeats)["copy"]
+    return {"bytes": 2 * numel * 4, "median_s": timing.median,
+            "gbps": 2 * numel * 4 / timing.median / 1e9, "repeats": len(timing.samples)}
