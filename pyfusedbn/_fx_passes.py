@@ -1,0 +1,281 @@
+"""torch.fx passes for convert/revert/fold: trace, find the patterns, rewrite the graph.
+
+The GraphModule keeps every module at its qualified name, so state_dict keys do not change.
+"""
+import operator
+from collections import Counter
+
+import torch
+from torch import fx
+from torch.fx.operator_schemas import normalize_function
+
+from ._module_swap import (batch_norm_from_fused, fold_into, fold_reason, fused_from_batch_norm,
+                           hook_reason, is_fused, is_plain_batch_norm)
+from ._torch_activations import (NotFusable, function_activation, method_activation,
+                                 module_activation)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, module, qualified_name):
+        return is_fused(module) or super().is_leaf_module(module, qualified_name)
+
+
+def trace(model):
+    """(GraphModule, None), or (None, why not). The model is traced in train and in eval mode:
+    a forward that branches on self.training would be frozen into one mode by tracing."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        graphs = []
+        for training in (True, False):
+            model.train(training)
+            graphs.append(_Tracer().trace(model))
+    except Exception as e:  # fx raises many types; any of them means "does not trace"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        return None, f"torch.fx could not trace it: {type(e).__name__}: {first_line}"
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if graphs[0].python_code("self").src != graphs[1].python_code("self").src:
+        return None, "its forward depends on self.training, which tracing would freeze"
+    gm = fx.GraphModule(model, graphs[1], type(model).__name__)
+    if set(gm.state_dict()) != set(model.state_dict()):
+        return None, "its traced graph does not use every parameter and buffer"
+    for name, m in gm.named_modules():
+        try:
+            m.training = model.get_submodule(name).training
+        except AttributeError:  # a container fx created for the path: keep the model's mode
+            m.training = model.training
+    return gm, None
+
+
+def _call_counts(graph):
+    return Counter(n.target for n in graph.nodes if n.op == "call_module")
+
+
+def _set_module(gm, target, module):
+    parent, _, name = target.rpartition(".")
+    setattr(gm.get_submodule(parent), name, module)
+
+
+def _describe(node):
+    if node.op == "call_module":
+        return f"{node.target} ({type(node.graph.owning_module.get_submodule(node.target)).__name__})"
+    if node.op == "call_function":
+        return getattr(node.target, "__name__", str(node.target))
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    return node.op
+
+
+def _single_user(node, what):
+    users = list(node.users)
+    if len(users) != 1:
+        names = ", ".join(_describe(u) for u in users) or "none"
+        raise NotFusable(f"{what} has {len(users)} users ({names}); fusing needs exactly one")
+    return users[0]
+
+
+def _call_kwargs(node):
+    """A call_function node's arguments by name, as in the function's signature."""
+    if len(node.args) == 1 and not node.kwargs:
+        return {"input": node.args[0]}
+    try:
+        pair = normalize_function(node.target, node.args, node.kwargs,
+                                  normalize_to_only_use_kwargs=True)
+    except Exception:  # ambiguous or unknown signature
+        pair = None
+    if pair is None:
+        raise NotFusable(f"could not read the arguments of {_describe(node)}")
+    return pair.kwargs
+
+
+def _activation(node, value, modules):
+    """(activation, param) of node applied to value, or NotFusable."""
+    if node.op == "call_module":
+        module = modules[node.target]
+        if node.args != (value,) or node.kwargs:
+            raise NotFusable(f"{node.target} is called with other arguments")
+        reason = hook_reason(module)
+        if reason:
+            raise NotFusable(reason)
+        return module_activation(module)
+    if node.op == "call_function":
+        kwargs = _call_kwargs(node)
+        if kwargs.get("input") is not value:
+            raise NotFusable(f"the value is not the input of {_describe(node)}")
+        return function_activation(node.target, kwargs)
+    if node.op == "call_method" and node.args == (value,) and not node.kwargs:
+        return method_activation(node.target)
+    raise NotFusable("not a supported activation")
+
+
+# add node target -> whether it writes into its first operand.
+_FUNCTION_ADDS = {operator.add: False, operator.iadd: True, torch.add: False}
+_METHOD_ADDS = {"add": False, "add_": True}
+
+
+def _residual_operand(add, value):
+    """The other operand of `value + other` in node add, or None if add is not such an add."""
+    table = {"call_function": _FUNCTION_ADDS, "call_method": _METHOD_ADDS}.get(add.op, {})
+    if add.target not in table:
+        return None
+    if len(add.args) != 2 or set(add.kwargs) - {"alpha"} or add.kwargs.get("alpha", 1) != 1:
+        raise NotFusable(f"{_describe(add)} with alpha or extra arguments is not a plain add")
+    first, second = add.args
+    other = second if first is value else first
+    if table[add.target] and first is not value:
+        raise NotFusable("the in-place add writes into the other operand, not the BatchNorm output")
+    if not isinstance(other, fx.Node) or other is value:
+        raise NotFusable("the add's other operand is not a separate tensor")
+    return other
+
+
+def _may_mutate(node, modules):
+    if node.op == "call_module":
+        return getattr(modules.get(node.target), "inplace", False)
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    return (node.kwargs.get("inplace", False) or name.endswith("_") and not name.endswith("__")
+            or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv))
+
+
+def convert_graph(gm, report):
+    modules = dict(gm.named_modules())
+    calls = _call_counts(gm.graph)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not is_plain_batch_norm(modules[node.target]):
+            continue
+        try:
+            report.fused.append((node.target, _fuse(gm, node, modules, calls)))
+        except NotFusable as e:
+            report.skipped.append((node.target, str(e)))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _fuse(gm, bn_node, modules, calls):
+    bn = modules[bn_node.target]
+    if calls[bn_node.target] > 1:
+        raise NotFusable(f"the module is called {calls[bn_node.target]} times in forward")
+    if len(bn_node.args) != 1 or bn_node.kwargs:
+        raise NotFusable("called with more than one argument")
+    reason = hook_reason(bn)
+    if reason:
+        raise NotFusable(reason)
+    user = _single_user(bn_node, "the BatchNorm output")
+    residual = _residual_operand(user, bn_node)
+    act_node = _single_user(user, "the residual add's output") if residual is not None else user
+    try:
+        activation, param = _activation(act_node, user if residual is not None else bn_node, modules)
+    except NotFusable as e:
+        raise NotFusable(f"followed by {_describe(act_node)}: {e}") from None
+    (x,) = bn_node.args
+    done = f"{type(bn).__name__}" + (f" + add({_describe(residual)})" if residual is not None else "")
+    done += f" + {_describe(act_node)} -> activation={activation!r}"
+    if residual is not None:
+        # The fused op runs where the add was: check nothing in between writes into x.
+        between = _nodes_between(bn_node, user)
+        if any(u in between and _may_mutate(u, modules) for u in x.users):
+            raise NotFusable("the BatchNorm input may be modified in place before the add")
+    _set_module(gm, bn_node.target, fused_from_batch_norm(bn, activation, param))
+    if residual is None:
+        act_node.replace_all_uses_with(bn_node)
+        gm.graph.erase_node(act_node)
+        return done
+    with gm.graph.inserting_before(user):
+        fused_node = gm.graph.call_module(bn_node.target, (x,), {"residual": residual})
+    act_node.replace_all_uses_with(fused_node)
+    for node in (act_node, user, bn_node):
+        gm.graph.erase_node(node)
+    return done
+
+
+def _nodes_between(first, last):
+    nodes, node = set(), first.next
+    while node is not last:
+        nodes.add(node)
+        node = node.next
+    return nodes
+
+
+def revert_graph(gm, report):
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not is_fused(modules[node.target]):
+            continue
+        fused = modules[node.target]
+        bn, act = batch_norm_from_fused(fused)
+        _set_module(gm, node.target, bn)
+        users = list(node.users)
+        residual = node.kwargs.get("residual", node.args[1] if len(node.args) > 1 else None)
+        node.args, node.kwargs = node.args[:1], {}
+        last = node
+        if residual is not None:
+            with gm.graph.inserting_after(last):
+                last = gm.graph.call_function(operator.add, (last, residual))
+        if type(act) is not torch.nn.Identity:
+            act_name = _free_name(gm, node.target + "_act")
+            gm.add_submodule(act_name, act)
+            with gm.graph.inserting_after(last):
+                last = gm.graph.call_module(act_name, (last,))
+        for user in users:
+            user.replace_input_with(node, last)
+        report.fused.append((node.target, f"{type(fused).__name__} -> {type(bn).__name__}"
+                             + (" + add" if residual is not None else "")
+                             + f" + {type(act).__name__}"))
+    gm.graph.lint()
+    gm.recompile()
+
+
+def _free_name(gm, name):
+    taken = dict(gm.named_modules())
+    candidate, i = name, 1
+    while candidate in taken:
+        candidate, i = f"{name}{i}", i + 1
+    return candidate
+
+
+def fold_graph(gm, report):
+    modules = dict(gm.named_modules())
+    calls = _call_counts(gm.graph)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not (is_plain_batch_norm(modules[node.target])
+                                            or is_fused(modules[node.target])):
+            continue
+        try:
+            report.fused.append((node.target, _fold(gm, node, modules, calls)))
+        except NotFusable as e:
+            report.skipped.append((node.target, str(e)))
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _fold(gm, bn_node, modules, calls):
+    bn = modules[bn_node.target]
+    layer_node = bn_node.args[0] if bn_node.args else None
+    if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module":
+        raise NotFusable(f"its input comes from {_describe(layer_node) if layer_node else 'nothing'}, "
+                         "not a Conv/Linear module")
+    layer = modules[layer_node.target]
+    if calls[bn_node.target] > 1 or calls[layer_node.target] > 1:
+        raise NotFusable("it or the layer before it is called more than once in forward")
+    _single_user(layer_node, f"the output of {layer_node.target}")
+    reason = fold_reason(layer, bn)
+    if reason:
+        raise NotFusable(reason)
+    fold_into(layer, bn)
+    what = f"folded into {layer_node.target}"
+    if not is_fused(bn):
+        bn_node.replace_all_uses_with(layer_node)
+        gm.graph.erase_node(bn_node)
+        return what
+    _, act = batch_norm_from_fused(bn)
+    residual = bn_node.kwargs.get("residual", bn_node.args[1] if len(bn_node.args) > 1 else None)
+    value = layer_node
+    if residual is not None:
+        with gm.graph.inserting_before(bn_node):
+            value = gm.graph.call_function(operator.add, (layer_node, residual))
+    _set_module(gm, bn_node.target, act)  # the activation takes the BatchNorm's name
+    bn_node.args, bn_node.kwargs = (value,), {}
+    return what + (", then add" if residual is not None else "") + f", then {type(act).__name__}"

@@ -1,0 +1,95 @@
+"""convert / revert / fold: adopt pyfusedbn in an existing model by changing one line.
+
+    model = pyfusedbn.convert(model)        # BatchNorm (+ add) + activation -> BatchNormAct
+    print(model.pyfusedbn_report)           # what was fused, what was left and why
+
+Patterns are found with torch.fx where the model traces (the result is then a
+torch.fx.GraphModule with the same parameters, buffers and state_dict keys), and by module order
+inside nn.Sequential where it does not (the model keeps its classes). Each function returns the
+model and attaches a ConversionReport to it as `model.pyfusedbn_report`.
+"""
+import copy
+from dataclasses import dataclass, field
+from typing import List, Tuple
+
+from torch import nn
+
+from . import _fx_passes, _module_swap
+
+REPORT_ATTRIBUTE = "pyfusedbn_report"
+
+
+@dataclass
+class ConversionReport:
+    """What convert/revert/fold changed (`fused`) and left alone (`skipped`), each a list of
+    (qualified module name, what was done / why not)."""
+
+    operation: str
+    method: str = ""
+    fused: List[Tuple[str, str]] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        done = {"convert": "fused", "revert": "restored", "fold": "folded"}[self.operation]
+        lines = [f"pyfusedbn.{self.operation}: {len(self.fused)} {done}, "
+                 f"{len(self.skipped)} left unchanged; {self.method}"]
+        width = max((len(name) for name, _ in self.fused + self.skipped), default=0)
+        lines += [f"  {done:<8} {name:<{width}}  {what}" for name, what in self.fused]
+        lines += [f"  {'left':<8} {name:<{width}}  {why}" for name, why in self.skipped]
+        return "\n".join(lines)
+
+
+def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wanted):
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"pyfusedbn.{operation}: model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    report = ConversionReport(operation)
+    gm, untraced = _fx_passes.trace(model) if trace else (None, "trace=False")
+    if gm is not None:
+        report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
+        graph_pass(gm, report)
+        model = gm
+    else:
+        report.method = f"found by module order inside nn.Sequential ({untraced})"
+        _module_swap.sequential_pass(model, report, sequential_rewrite, wanted, untraced)
+    setattr(model, REPORT_ATTRIBUTE, report)
+    return model
+
+
+def convert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
+    """Replaces nn.BatchNorm{1,2,3}d followed by an activation (a module such as nn.ReLU, or a
+    function such as F.relu / torch.relu_ / x.relu(), in place or not), and BatchNorm -> add ->
+    activation, by BatchNormAct{1,2,3}d holding the same parameters, buffers, momentum, eps and
+    training mode. The result computes the same outputs and gradients.
+
+    With torch.fx (if the model traces, and `trace` is true) every pattern in forward is found and
+    the result is a torch.fx.GraphModule; otherwise only BatchNorm + activation modules that are
+    neighbours in an nn.Sequential are fused (the activation becomes nn.Identity, so indices and
+    state_dict keys do not move). A BatchNorm is fused only when its output (and the add's) has no
+    other user. The returned model carries `pyfusedbn_report` (a ConversionReport).
+
+    inplace=False works on a deep copy. inplace=True shares the parameter and buffer objects with
+    `model` (an optimizer built on them keeps working); use the returned model, not `model`.
+    """
+    return _run("convert", model, inplace, trace, _fx_passes.convert_graph,
+                _module_swap.convert_in_sequential, _module_swap.is_plain_batch_norm)
+
+
+def revert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
+    """Replaces each BatchNormAct by nn.BatchNorm{1,2,3}d (+ add) + the torch activation module,
+    sharing the same state: the inverse of convert. Outside a traceable forward, only BatchNormAct
+    followed by nn.Identity in an nn.Sequential can be restored (as convert leaves them)."""
+    return _run("revert", model, inplace, trace, _fx_passes.revert_graph,
+                _module_swap.revert_in_sequential, _module_swap.is_fused)
+
+
+def fold(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
+    """For inference: folds each eval-mode BatchNorm (plain or BatchNormAct) whose input comes
+    straight from a Conv1d/2d/3d or Linear into that layer's weight and bias (creating the bias if
+    absent), leaving the activation (and the residual add) as plain torch. Outputs are the same in
+    eval mode; BatchNorms in training mode are left alone. A Linear is assumed to see (N, features)
+    input, as nn.BatchNorm1d after it normalises dimension 1."""
+    return _run("fold", model, inplace, trace, _fx_passes.fold_graph,
+                _module_swap.fold_in_sequential,
+                lambda m: _module_swap.is_plain_batch_norm(m) or _module_swap.is_fused(m))
