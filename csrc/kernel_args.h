@@ -75,19 +75,28 @@ struct ElemtArgs {
   BnShape shape;
 };
 
-// Rebuilds (xc, z) for one element; kFromOutput selects the memory-saving path.
+// The centred input xc = x - mean and the pre-activation z of one element.
+template <typename acc_t>
+struct Rebuilt {
+  acc_t xc;
+  acc_t z;
+};
+
+// Rebuilds (xc, z) for one element; kFromOutput selects the memory-saving path. Returned by
+// value (no out-parameters) so CPU loops calling it stay vectorisable.
 template <typename Act, bool kResidual, bool kFromOutput, typename acc_t>
-FBN_HOST_DEVICE void rebuild_pre_activation(acc_t saved, acc_t residual, acc_t mean, acc_t scale,
-                                            acc_t bias, acc_t param, acc_t& xc, acc_t& z) {
+FBN_HOST_DEVICE Rebuilt<acc_t> rebuild_pre_activation(acc_t saved, acc_t residual, acc_t mean,
+                                                      acc_t scale, acc_t bias, acc_t param) {
   if constexpr (kFromOutput) {
-    z = Act::inverse(saved, param);
+    const acc_t z = Act::inverse(saved, param);
     acc_t affine = z - bias;
     if constexpr (kResidual) affine -= residual;
-    xc = affine / scale;
+    return {affine / scale, z};
   } else {
-    xc = saved - mean;
-    z = xc * scale + bias;
+    const acc_t xc = saved - mean;
+    acc_t z = xc * scale + bias;
     if constexpr (kResidual) z += residual;
+    return {xc, z};
   }
 }
 

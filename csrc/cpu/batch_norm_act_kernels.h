@@ -166,51 +166,43 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
   });
 }
 
-// Reads element i of an optional residual as acc_t (0 when absent).
-template <bool kResidual, typename scalar_t, typename acc_t>
-inline acc_t residual_at(const scalar_t* res, int64_t i) {
-  if constexpr (kResidual) return static_cast<acc_t>(res[i]);
-  else return acc_t(0);
+// g = grad_out * act'(z) and xc of element i, channel c (scalar per-channel loads hoist out of
+// planar loops; along a channels_last row c == i). Returned as Rebuilt{xc, z = g}.
+template <typename Act, bool kResidual, bool kFromOutput, typename Args>
+inline auto grad_and_centred(const Args& a, int64_t i, int64_t c) {
+  using acc_t = decltype(a.activation_param);
+  const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(
+      static_cast<acc_t>(a.saved[i]), kResidual ? static_cast<acc_t>(a.residual[i]) : acc_t(0),
+      a.mean[c], a.scale[c], a.bias[c], a.activation_param);
+  return Rebuilt<acc_t>{r.xc, static_cast<acc_t>(a.grad_out[i]) * Act::grad(r.z, a.activation_param)};
 }
 
 template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
-  const acc_t p = a.activation_param;
   for_each_run(a.shape, [&](int64_t off, int64_t c, int64_t len) {
-    const scalar_t* saved = a.saved + off;
-    const scalar_t* dy = a.grad_out + off;
-    const scalar_t* res = kResidual ? a.residual + off : nullptr;
-    scalar_t* dx = a.grad_input + off;
-    scalar_t* dres = kResidual ? a.grad_residual + off : nullptr;
-    // A planar run has one channel (c >= 0); a channels_last row walks all channels (cc = i).
-    auto element = [&](int64_t i, int64_t cc) {
-      acc_t xc, z;
-      rebuild_pre_activation<Act, kResidual, kFromOutput>(
-          static_cast<acc_t>(saved[i]), residual_at<kResidual, scalar_t, acc_t>(res, i), a.mean[cc],
-          a.scale[cc], a.bias[cc], p, xc, z);
-      const acc_t g = static_cast<acc_t>(dy[i]) * Act::grad(z, p);
-      dx[i] = static_cast<scalar_t>(g * a.coef_g[cc] + xc * a.coef_xc[cc] + a.coef_const[cc]);
-      if constexpr (kResidual) dres[i] = static_cast<scalar_t>(g);
-    };
+    // Local copy with the run's offset applied: keeps every pointer the loop touches in registers.
+    ElemtArgs<scalar_t, acc_t> run = a;
+    run.saved += off;
+    run.grad_out += off;
+    if constexpr (kResidual) run.residual += off;
+    scalar_t* __restrict__ dx = a.grad_input + off;
+    scalar_t* __restrict__ dres = kResidual ? a.grad_residual + off : nullptr;
     if (c >= 0) {
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) element(i, c);
+      for (int64_t i = 0; i < len; ++i) {
+        const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, c);  // {xc, g}
+        dx[i] = static_cast<scalar_t>(t.z * a.coef_g[c] + t.xc * a.coef_xc[c] + a.coef_const[c]);
+        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(t.z);
+      }
     } else {
 #pragma omp simd
-      for (int64_t i = 0; i < len; ++i) element(i, i);
+      for (int64_t i = 0; i < len; ++i) {
+        const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, i);
+        dx[i] = static_cast<scalar_t>(t.z * a.coef_g[i] + t.xc * a.coef_xc[i] + a.coef_const[i]);
+        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(t.z);
+      }
     }
   });
-}
-
-// g and g * xc of one element, for the reductions.
-template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
-inline void grad_terms(const ReduceArgs<scalar_t, acc_t>& a, int64_t idx, int64_t c, acc_t& g, acc_t& g_xc) {
-  acc_t xc, z;
-  rebuild_pre_activation<Act, kResidual, kFromOutput>(
-      static_cast<acc_t>(a.saved[idx]), residual_at<kResidual, scalar_t, acc_t>(a.residual, idx),
-      a.mean[c], a.scale[c], a.bias[c], a.activation_param, xc, z);
-  g = static_cast<acc_t>(a.grad_out[idx]) * Act::grad(z, a.activation_param);
-  g_xc = g * xc;
 }
 
 // sum(g) and sum(g * xc) per channel. Blocks sum in acc_t (vectorised), block totals
@@ -222,16 +214,19 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
     for (int64_t c = c0; c < c1; ++c) {
       double total_g = 0, total_g_xc = 0;
       for (int64_t n = 0; n < N; ++n) {
-        const int64_t off = (n * C + c) * S;
         for (int64_t s0 = 0; s0 < S; s0 += kBlock) {
-          const int64_t end = off + s0 + std::min(kBlock, S - s0);
+          const int64_t off = (n * C + c) * S + s0, len = std::min(kBlock, S - s0);
+          // Local copy with the block's offset applied, as in elemt_kernel.
+          ReduceArgs<scalar_t, acc_t> run = a;
+          run.saved += off;
+          run.grad_out += off;
+          if constexpr (kResidual) run.residual += off;
           acc_t sum_g = 0, sum_g_xc = 0;
 #pragma omp simd reduction(+ : sum_g, sum_g_xc)
-          for (int64_t i = off + s0; i < end; ++i) {
-            acc_t g, g_xc;
-            grad_terms<Act, kResidual, kFromOutput>(a, i, c, g, g_xc);
-            sum_g += g;
-            sum_g_xc += g_xc;
+          for (int64_t i = 0; i < len; ++i) {
+            const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, c);  // {xc, g}
+            sum_g += t.z;
+            sum_g_xc += t.z * t.xc;
           }
           total_g += sum_g;
           total_g_xc += sum_g_xc;
@@ -260,10 +255,9 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
       for (int64_t r = b * rows_per_block; r < r1; ++r) {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          acc_t g, g_xc;
-          grad_terms<Act, kResidual, kFromOutput>(a, r * C + c, c, g, g_xc);
-          sum_g[c] += g;
-          sum_g_xc[c] += g_xc;
+          const auto t = grad_and_centred<Act, kResidual, kFromOutput>(a, r * C + c, c);  // {xc, g}
+          sum_g[c] += t.z;
+          sum_g_xc[c] += t.z * t.xc;
         }
       }
       double* g_total = &t_g[tid * C];
