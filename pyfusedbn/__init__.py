@@ -1,6 +1,7 @@
 """pyfusedbn: fused BatchNorm + activation (+ residual) for PyTorch, forward and backward."""
 from ._ops import backends
 from .activations import ACTIVATION_NAMES
+from .convert import ConversionReport, convert, fold, revert
 from .functional import batch_norm_act
 from .modules import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 
@@ -9,7 +10,11 @@ __all__ = [
     "BatchNormAct1d",
     "BatchNormAct2d",
     "BatchNormAct3d",
+    "ConversionReport",
     "backends",
     "batch_norm_act",
+    "convert",
+    "fold",
+    "revert",
 ]
 __version__ = "0.1.0"

@@ -93,8 +93,10 @@ def _activation(node, value, modules):
     """(activation, param) of node applied to value, or NotFusable."""
     if node.op == "call_module":
         module = modules[node.target]
+        if node.args[:1] != (value,):
+            raise NotFusable("the value is passed to it as another argument (e.g. a residual)")
         if node.args != (value,) or node.kwargs:
-            raise NotFusable(f"{node.target} is called with other arguments")
+            raise NotFusable("it is called with other arguments")
         reason = hook_reason(module)
         if reason:
             raise NotFusable(reason)
