@@ -26,6 +26,31 @@ def host_cpu_flags():
     return [flag for name, flag in wanted if name in cpu_flags]
 
 
+def libmvec_flags(cpu_flags):
+    """glibc's libmvec vectorises exp/tanh/erf/log1p/expm1 loops (see csrc/cpu/vector_math.h).
+
+    Used with AVX2 (the variants GCC then calls) when this glibc has all of them (2.35+);
+    PYFUSEDBN_LIBMVEC=0 turns it off.
+    """
+    if os.environ.get("PYFUSEDBN_LIBMVEC", "1") == "0" or "-mavx2" not in cpu_flags:
+        return [], []
+    import ctypes
+
+    try:
+        libmvec = ctypes.CDLL("libmvec.so.1")
+    except OSError:
+        return [], []
+    for fn in ("expf", "expm1f", "log1pf", "tanhf", "erff"):
+        for variant in ("_ZGVdN8v_", "_ZGVbN4v_"):
+            if not hasattr(libmvec, variant + fn):
+                return [], []
+    for fn in ("exp", "expm1", "log1p", "tanh", "erf"):
+        for variant in ("_ZGVdN4v_", "_ZGVbN2v_"):
+            if not hasattr(libmvec, variant + fn):
+                return [], []
+    return ["-DPYFUSEDBN_LIBMVEC"], ["-lmvec"]
+
+
 def want_cuda():
     forced = os.environ.get("PYFUSEDBN_CUDA")
     if forced is not None:
@@ -40,16 +65,20 @@ def extension():
     # -fno-trapping-math lets GCC if-convert the activations' piecewise branches (relu's
     # derivative would otherwise stay a scalar branchy loop); it changes no result: we never
     # read floating-point exception flags. -fno-math-errno likewise (errno is never read).
+    cpu_flags = host_cpu_flags()
+    mvec_defines, link_args = libmvec_flags(cpu_flags)
     cxx_flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno",
-                 "-std=c++17"] + host_cpu_flags()
+                 "-std=c++17"] + cpu_flags + mvec_defines
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "pyfusedbn._C", sources, extra_compile_args={"cxx": cxx_flags})
+            "pyfusedbn._C", sources, extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_args)
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
     nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "pyfusedbn._C", sources,
-        extra_compile_args={"cxx": cxx_flags + ["-DPYFUSEDBN_WITH_CUDA"], "nvcc": nvcc_flags})
+        extra_compile_args={"cxx": cxx_flags + ["-DPYFUSEDBN_WITH_CUDA"], "nvcc": nvcc_flags},
+        extra_link_args=link_args)
 
 
 setup(

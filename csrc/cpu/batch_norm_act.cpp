@@ -1,5 +1,7 @@
 // CPU backend: tensors to raw-pointer kernel arguments, dtype/activation dispatch, and the
 // TORCH_LIBRARY_IMPL(CPU) registrations.
+#include "vector_math.h"  // first: SIMD declarations of libm functions
+
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
