@@ -65,17 +65,9 @@ class BatchNormActFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
                 momentum, eps, activation, activation_param):
-        if training:
-            out, mean, invstd = ops.batch_norm_act_train(
-                input, weight, bias, residual, running_mean, running_var, momentum, eps,
-                activation, activation_param)
-        else:
-            out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias,
-                                          residual, eps, activation, activation_param)
-            # Copies: the buffers may be updated in place before backward runs.
-            acc = acc_dtype(input.dtype)
-            mean = running_mean.to(acc, copy=True)
-            invstd = torch.rsqrt(running_var.to(acc) + eps)
+        out, mean, invstd = _fused_forward(input, weight, bias, residual, running_mean,
+                                           running_var, training, momentum, eps, activation,
+                                           activation_param)
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
         # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
         ctx.memory_format = _memory_format(input)
@@ -100,14 +92,29 @@ class BatchNormActFunction(torch.autograd.Function):
                 None, None, None, None, None, None, None)
 
 
-def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd):
+def _fused_forward(input, weight, bias, residual, running_mean, running_var, training, momentum,
+                   eps, activation, activation_param):
+    """(output, mean, invstd): the training op (batch statistics) or the eval op (running ones)."""
+    if training:
+        return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
+                                        momentum, eps, activation, activation_param)
+    out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias, residual, eps,
+                                  activation, activation_param)
+    # Copies: the buffers may be updated in place before backward runs.
+    acc = acc_dtype(input.dtype)
+    return out, running_mean.to(acc, copy=True), torch.rsqrt(running_var.to(acc) + eps)
+
+
+def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd, from_output=False):
+    """The two backward ops. `input` is what forward saved: its input, or with from_output=True
+    its output (the memory-saving mode rebuilds the pre-activation from it)."""
     need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
     grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
     act, param = ctx.activation, ctx.activation_param
     grad_weight = grad_bias = sum_g = sum_g_xhat = None
     if ctx.training or need_weight or need_bias:
         sum_g, sum_g_xhat = ops.batch_norm_act_backward_reduce(
-            grad_out, input, mean, invstd, weight, bias, residual, act, param)
+            grad_out, input, mean, invstd, weight, bias, residual, act, param, from_output)
         if need_weight:
             grad_weight = sum_g_xhat.to(weight.dtype)
         if need_bias:
@@ -119,7 +126,8 @@ def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd):
             count = max(input.numel() // max(input.shape[1], 1), 1)
             mean_g, mean_g_xhat = sum_g / count, sum_g_xhat / count
         grad_input, grad_residual = ops.batch_norm_act_backward_elemt(
-            grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act, param)
+            grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act, param,
+            from_output)
     return grad_input, grad_weight, grad_bias, grad_residual
 
 

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 from torch._prims_common import suggest_memory_format
 
-from ._ops import acc_dtype, ops
+# functional imports this module; its helpers are looked up at call time.
+from . import functional as _functional
 
 # The activations the backward can invert, and the one whose parameter must be positive for it.
 INVERTIBLE_ACTIVATIONS = ("identity", "leaky_relu", "elu")
@@ -73,17 +74,9 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
                 momentum, eps, activation, activation_param, inplace):
         weight_used = clamp_weight(weight)
-        if training:
-            out, mean, invstd = ops.batch_norm_act_train(
-                input, weight_used, bias, residual, running_mean, running_var, momentum, eps,
-                activation, activation_param)
-        else:
-            out = ops.batch_norm_act_eval(input, running_mean, running_var, weight_used, bias,
-                                          residual, eps, activation, activation_param)
-            # Copies: the buffers may be updated in place before backward runs.
-            acc = acc_dtype(input.dtype)
-            mean = running_mean.to(acc, copy=True)
-            invstd = torch.rsqrt(running_var.to(acc) + eps)
+        out, mean, invstd = _functional._fused_forward(
+            input, weight_used, bias, residual, running_mean, running_var, training, momentum,
+            eps, activation, activation_param)
         if inplace:
             # The ops allocate their output; copying it back is what makes the result live in
             # input's storage (the kernel's buffer is freed on return).
@@ -104,34 +97,12 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
                 "batch_norm_act: double backward (create_graph=True) is not supported with "
                 "memory_efficient=True (the input was not kept); use memory_efficient=False")
         output, weight_used, bias, residual, mean, invstd = ctx.saved_tensors
-        grads = backward_from_output(ctx, grad_out, output, weight_used, bias, residual, mean,
-                                     invstd)
-        return grads + (None,) * 8
-
-
-def backward_from_output(ctx, grad_out, output, weight, bias, residual, mean, invstd):
-    """(grad_input, grad_weight, grad_bias, grad_residual), None where not needed."""
-    need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
-    grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
-    act, param = ctx.activation, ctx.activation_param
-    grad_weight = grad_bias = sum_g = sum_g_xhat = None
-    if ctx.training or need_weight or need_bias:
-        sum_g, sum_g_xhat = ops.batch_norm_act_backward_reduce(
-            grad_out, output, mean, invstd, weight, bias, residual, act, param, True)
-        # Straight through the clamp: the gradient of the clamped weight, given to the weight.
-        grad_weight = sum_g_xhat.to(weight.dtype) if need_weight else None
-        grad_bias = sum_g.to(bias.dtype) if need_bias else None
-    grad_input = grad_residual = None
-    if need_input or need_residual:
-        mean_g = mean_g_xhat = None
-        if ctx.training:
-            count = max(output.numel() // max(output.shape[1], 1), 1)
-            mean_g, mean_g_xhat = sum_g / count, sum_g_xhat / count
-        grad_input, grad_residual = ops.batch_norm_act_backward_elemt(
-            grad_out, output, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act,
-            param, True)
-    return (grad_input if need_input else None, grad_weight, grad_bias,
-            grad_residual if need_residual else None)
+        # grad_weight is the clamped weight's gradient, passed straight through to the weight.
+        grad_input, grad_weight, grad_bias, grad_residual = _functional._fused_backward(
+            ctx, grad_out, output, weight_used, bias, residual, mean, invstd, from_output=True)
+        need_input, _, _, need_residual = ctx.needs_input_grad[:4]
+        return ((grad_input if need_input else None, grad_weight, grad_bias,
+                 grad_residual if need_residual else None) + (None,) * 8)
 
 
 def apply_memory_efficient(input, weight, bias, residual, running_mean, running_var, training,
