@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import pyfusedbn
 from helpers import assert_close
 
 
@@ -70,6 +71,21 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class ResidualPair(nn.Module):
+    """conv -> BatchNormAct(silu); conv -> BatchNormAct(leaky_relu, residual = the first)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+        self.bn1 = pyfusedbn.BatchNormAct2d(4, activation="silu")
+        self.conv2 = nn.Conv2d(4, 4, 1, bias=False)
+        self.bn2 = pyfusedbn.BatchNormAct2d(4, activation="leaky_relu", activation_param=0.2)
+
+    def forward(self, x):
+        y = self.bn1(self.conv1(x))
+        return self.bn2(self.conv2(y), residual=y)
+
+
 def mlp():
     """BatchNorm1d with non-default eps and momentum (None: cumulative average)."""
     return nn.Sequential(
@@ -99,6 +115,7 @@ def step(model, x, seed=1):
     projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
     (out.float() * projection).sum().backward()
     state = {"output": out, "input.grad": x.grad}
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the names inside
     state.update({f"{n}.grad": p.grad for n, p in model.named_parameters()})
     state.update({n: b for n, b in model.named_buffers()})
     return state

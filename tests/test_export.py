@@ -1,0 +1,35 @@
+"""torch.export.export of eval-mode models using the fused modules: the exported program holds
+the fused op and runs with the eager model's numbers."""
+import pytest
+import torch
+
+import pyfusedbn
+from example_models import MODELS, ResidualPair, seeded
+from helpers import TOLERANCE, assert_close
+
+TOL = TOLERANCE[torch.float32]
+
+
+def trained_eval(model, shape):
+    for _ in range(2):  # running statistics away from their initial values
+        model(torch.randn(shape))
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["residual_pair", "converted_resnet", "converted_mlp"])
+def test_export_eval_runs_with_same_numbers(name):
+    if name == "residual_pair":
+        model, shape = seeded(ResidualPair), (2, 3, 6, 6)
+    else:
+        factory, shape = MODELS[name.removeprefix("converted_")]
+        model = pyfusedbn.convert(seeded(factory))
+    model = trained_eval(model, shape)
+    x = torch.randn(shape)
+    program = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "pyfusedbn.batch_norm_act_eval.default" in targets, targets
+    with torch.no_grad():
+        expected = model(x)
+        assert_close("exported output", program.module()(x), expected, TOL)
+        other = torch.randn(shape)  # not specialised to the example input's values
+        assert_close("exported output, new input", program.module()(other), model(other), TOL)
