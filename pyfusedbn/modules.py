@@ -3,6 +3,7 @@
 They subclass torch's _BatchNorm, so parameters, buffers and state_dict keys are exactly those of
 nn.BatchNorm*d (a state_dict loads both ways); forward takes an optional residual.
 """
+import inspect
 from typing import Optional
 
 from torch import Tensor
@@ -13,6 +14,10 @@ from .functional import batch_norm_act
 from .memory_efficient import check_memory_efficient
 
 
+# torch added a keyword-only `bias` to BatchNorm (affine weight without bias); older versions lack it.
+_TORCH_HAS_BN_BIAS = "bias" in inspect.signature(_BatchNorm.__init__).parameters
+
+
 class _BatchNormAct(_BatchNorm):
     # Class defaults too, so modules pickled before these options existed still run.
     memory_efficient = False
@@ -21,9 +26,15 @@ class _BatchNormAct(_BatchNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
                  affine: bool = True, track_running_stats: bool = True, activation: str = "relu",
                  activation_param: Optional[float] = None, device=None, dtype=None, *,
-                 memory_efficient: bool = False, inplace: bool = False) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         device=device, dtype=dtype)
+                 bias: bool = True, memory_efficient: bool = False, inplace: bool = False) -> None:
+        if _TORCH_HAS_BN_BIAS:
+            super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                             device=device, dtype=dtype, bias=bias)
+        else:  # older torch: emulate its later keyword-only bias=False
+            super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                             device=device, dtype=dtype)
+            if not bias:
+                self.register_parameter("bias", None)
         # Validate now (ValueError naming the valid choices); keep what the user passed.
         check_memory_efficient(memory_efficient, inplace,
                                *resolve_activation(activation, activation_param))
