@@ -48,6 +48,13 @@ def batch_norm_act(
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
                            "evaluation mode (training=False)")
+    if (isinstance(residual, Tensor) and residual.dtype != input.dtype and not inplace
+            and torch.is_autocast_enabled(input.device.type)):
+        # Under autocast `batch_norm(x) + residual` promotes (e.g. a bfloat16 convolution output
+        # plus a float32 shortcut gives float32); so does the fused op, so that convert() keeps
+        # such models running. Outside autocast a dtype mismatch stays an error.
+        dtype = torch.promote_types(input.dtype, residual.dtype)
+        input, residual = input.to(dtype), residual.to(dtype)
     if memory_efficient:
         return apply_memory_efficient(input, weight, bias, residual, running_mean, running_var,
                                       bool(training), float(momentum), float(eps), activation,
