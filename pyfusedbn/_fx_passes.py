@@ -59,7 +59,8 @@ def _set_module(gm, target, module):
 
 def _describe(node):
     if node.op == "call_module":
-        return f"{node.target} ({type(node.graph.owning_module.get_submodule(node.target)).__name__})"
+        module = node.graph.owning_module.get_submodule(node.target)
+        return f"{node.target} ({type(module).__name__})"
     if node.op == "call_function":
         return getattr(node.target, "__name__", str(node.target))
     if node.op == "call_method":
@@ -140,19 +141,38 @@ def _may_mutate(node, modules):
             or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv))
 
 
-def convert_graph(gm, report):
+def _rewrite_each(gm, report, wanted, rewrite):
+    """rewrite(gm, node, modules, calls) -> what it did (or NotFusable: why not), for each call
+    of a module that satisfies wanted()."""
     modules = dict(gm.named_modules())
     calls = _call_counts(gm.graph)
     for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not is_plain_batch_norm(modules[node.target]):
+        if node.op != "call_module" or not wanted(modules[node.target]):
             continue
         try:
-            report.fused.append((node.target, _fuse(gm, node, modules, calls)))
+            report.fused.append((node.target, rewrite(gm, node, modules, calls)))
         except NotFusable as e:
             report.skipped.append((node.target, str(e)))
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
+
+
+def convert_graph(gm, report):
+    _rewrite_each(gm, report, is_plain_batch_norm, _fuse)
+
+
+def revert_graph(gm, report):
+    _rewrite_each(gm, report, is_fused, _unfuse)
+
+
+def fold_graph(gm, report):
+    _rewrite_each(gm, report, lambda m: is_plain_batch_norm(m) or is_fused(m), _fold)
+
+
+def _residual_of(fused_node):
+    args = fused_node.args
+    return fused_node.kwargs.get("residual", args[1] if len(args) > 1 else None)
 
 
 def _fuse(gm, bn_node, modules, calls):
@@ -168,12 +188,13 @@ def _fuse(gm, bn_node, modules, calls):
     residual = _residual_operand(user, bn_node)
     act_node = _single_user(user, "the residual add's output") if residual is not None else user
     try:
-        activation, param = _activation(act_node, user if residual is not None else bn_node, modules)
+        value = user if residual is not None else bn_node
+        activation, param = _activation(act_node, value, modules)
     except NotFusable as e:
         raise NotFusable(f"followed by {_describe(act_node)}: {e}") from None
     (x,) = bn_node.args
-    done = f"{type(bn).__name__}" + (f" + add({_describe(residual)})" if residual is not None else "")
-    done += f" + {_describe(act_node)} -> activation={activation!r}"
+    added = f" + add({_describe(residual)})" if residual is not None else ""
+    done = f"{type(bn).__name__}{added} + {_describe(act_node)} -> activation={activation!r}"
     if residual is not None:
         # The fused op runs where the add was: check nothing in between writes into x.
         between = _nodes_between(bn_node, user)
@@ -200,33 +221,26 @@ def _nodes_between(first, last):
     return nodes
 
 
-def revert_graph(gm, report):
-    modules = dict(gm.named_modules())
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not is_fused(modules[node.target]):
-            continue
-        fused = modules[node.target]
-        bn, act = batch_norm_from_fused(fused)
-        _set_module(gm, node.target, bn)
-        users = list(node.users)
-        residual = node.kwargs.get("residual", node.args[1] if len(node.args) > 1 else None)
-        node.args, node.kwargs = node.args[:1], {}
-        last = node
-        if residual is not None:
-            with gm.graph.inserting_after(last):
-                last = gm.graph.call_function(operator.add, (last, residual))
-        if type(act) is not torch.nn.Identity:
-            act_name = _free_name(gm, node.target + "_act")
-            gm.add_submodule(act_name, act)
-            with gm.graph.inserting_after(last):
-                last = gm.graph.call_module(act_name, (last,))
-        for user in users:
-            user.replace_input_with(node, last)
-        report.fused.append((node.target, f"{type(fused).__name__} -> {type(bn).__name__}"
-                             + (" + add" if residual is not None else "")
-                             + f" + {type(act).__name__}"))
-    gm.graph.lint()
-    gm.recompile()
+def _unfuse(gm, node, modules, calls):
+    fused = modules[node.target]
+    bn, act = batch_norm_from_fused(fused)
+    _set_module(gm, node.target, bn)
+    users = list(node.users)
+    residual = _residual_of(node)
+    node.args, node.kwargs = node.args[:1], {}
+    last = node
+    if residual is not None:
+        with gm.graph.inserting_after(last):
+            last = gm.graph.call_function(operator.add, (last, residual))
+    if type(act) is not torch.nn.Identity:
+        act_name = _free_name(gm, node.target + "_act")
+        gm.add_submodule(act_name, act)
+        with gm.graph.inserting_after(last):
+            last = gm.graph.call_module(act_name, (last,))
+    for user in users:
+        user.replace_input_with(node, last)
+    added = " + add" if residual is not None else ""
+    return f"{type(fused).__name__} -> {type(bn).__name__}{added} + {type(act).__name__}"
 
 
 def _free_name(gm, name):
@@ -237,28 +251,12 @@ def _free_name(gm, name):
     return candidate
 
 
-def fold_graph(gm, report):
-    modules = dict(gm.named_modules())
-    calls = _call_counts(gm.graph)
-    for node in list(gm.graph.nodes):
-        if node.op != "call_module" or not (is_plain_batch_norm(modules[node.target])
-                                            or is_fused(modules[node.target])):
-            continue
-        try:
-            report.fused.append((node.target, _fold(gm, node, modules, calls)))
-        except NotFusable as e:
-            report.skipped.append((node.target, str(e)))
-    gm.graph.lint()
-    gm.delete_all_unused_submodules()
-    gm.recompile()
-
-
 def _fold(gm, bn_node, modules, calls):
     bn = modules[bn_node.target]
     layer_node = bn_node.args[0] if bn_node.args else None
     if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module":
-        raise NotFusable(f"its input comes from {_describe(layer_node) if layer_node else 'nothing'}, "
-                         "not a Conv/Linear module")
+        source = _describe(layer_node) if isinstance(layer_node, fx.Node) else repr(layer_node)
+        raise NotFusable(f"its input comes from {source}, not a Conv/Linear module")
     layer = modules[layer_node.target]
     if calls[bn_node.target] > 1 or calls[layer_node.target] > 1:
         raise NotFusable("it or the layer before it is called more than once in forward")
@@ -273,11 +271,12 @@ def _fold(gm, bn_node, modules, calls):
         gm.graph.erase_node(bn_node)
         return what
     _, act = batch_norm_from_fused(bn)
-    residual = bn_node.kwargs.get("residual", bn_node.args[1] if len(bn_node.args) > 1 else None)
+    residual = _residual_of(bn_node)
     value = layer_node
     if residual is not None:
         with gm.graph.inserting_before(bn_node):
             value = gm.graph.call_function(operator.add, (layer_node, residual))
     _set_module(gm, bn_node.target, act)  # the activation takes the BatchNorm's name
     bn_node.args, bn_node.kwargs = (value,), {}
-    return what + (", then add" if residual is not None else "") + f", then {type(act).__name__}"
+    added = ", then add" if residual is not None else ""
+    return f"{what}{added}, then {type(act).__name__}"

@@ -70,7 +70,8 @@ def fold_reason(layer, bn):
         return "BatchNorm has no running statistics (track_running_stats=False)"
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
     if channels != bn.num_features:
-        return f"{type(layer).__name__} has {channels} outputs, BatchNorm {bn.num_features} features"
+        return (f"{type(layer).__name__} has {channels} outputs, "
+                f"BatchNorm {bn.num_features} features")
     return hook_reason(layer, bn)
 
 
@@ -88,10 +89,10 @@ def fold_into(layer, bn):
         shift = shift + bn.bias.to(torch.float64)
     bias = (layer.bias.to(torch.float64) if layer.bias is not None
             else torch.zeros(out_channels, dtype=torch.float64, device=weight.device))
-    dtype = layer.weight.dtype
-    layer.weight = nn.Parameter((weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))).to(dtype),
-                                requires_grad=layer.weight.requires_grad)
-    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad=layer.weight.requires_grad)
+    dtype, requires_grad = layer.weight.dtype, layer.weight.requires_grad
+    per_channel = (-1,) + (1,) * (weight.dim() - 1)
+    layer.weight = nn.Parameter((weight * scale.reshape(per_channel)).to(dtype), requires_grad)
+    layer.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad)
 
 
 def _sequentials(model):

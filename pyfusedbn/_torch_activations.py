@@ -27,7 +27,8 @@ def _gelu_name(approximate):
 def _softplus_checked(threshold):
     # The kernels hard-code torch's default threshold (x * beta > 20 -> x).
     if threshold != 20:
-        raise NotFusable(f"Softplus threshold={threshold} is not supported (only 20, torch's default)")
+        raise NotFusable(f"Softplus threshold={threshold} is not supported "
+                         "(only 20, torch's default)")
 
 
 def _softplus_module(m):
@@ -59,7 +60,8 @@ _FUNCTIONS = {
     F.elu: ("elu", "alpha"), F.elu_: ("elu", "alpha"),
     F.silu: ("silu", None),
     F.gelu: ("gelu", None),
-    F.sigmoid: ("sigmoid", None), torch.sigmoid: ("sigmoid", None), torch.sigmoid_: ("sigmoid", None),
+    F.sigmoid: ("sigmoid", None), torch.sigmoid: ("sigmoid", None),
+    torch.sigmoid_: ("sigmoid", None),
     F.tanh: ("tanh", None), torch.tanh: ("tanh", None), torch.tanh_: ("tanh", None),
     F.softplus: ("softplus", "beta"),
     F.softsign: ("softsign", None),

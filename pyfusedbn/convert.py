@@ -41,7 +41,8 @@ class ConversionReport:
 
 def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wanted):
     if not isinstance(model, nn.Module):
-        raise TypeError(f"pyfusedbn.{operation}: model must be an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"pyfusedbn.{operation}: model must be an nn.Module, "
+                        f"got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport(operation)

@@ -14,9 +14,10 @@ from helpers import TOLERANCE
 
 # (device, dtype) pairs: CPU bfloat16 always; CUDA float16 and bfloat16 where there is a GPU.
 CUDA = torch.cuda.is_available() and pyfusedbn.backends()["cuda"]
+NEEDS_CUDA = [pytest.mark.cuda,
+              pytest.mark.skipif(not CUDA, reason="needs CUDA and pyfusedbn's CUDA kernels")]
 CASES = [pytest.param("cpu", torch.bfloat16, id="cpu-bf16")] + [
-    pytest.param("cuda", dtype, id=f"cuda-{str(dtype)[6:]}", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(not CUDA, reason="needs CUDA and pyfusedbn's CUDA kernels")])
+    pytest.param("cuda", dtype, id=f"cuda-{str(dtype)[6:]}", marks=NEEDS_CUDA)
     for dtype in (torch.float16, torch.bfloat16)]
 
 

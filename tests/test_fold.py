@@ -64,7 +64,8 @@ def test_training_mode_batch_norm_is_left():
 def test_fold_sequential_conv_fused_and_unfoldable(trace):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(3, 4, 3), pyfusedbn.BatchNormAct2d(4, activation="leaky_relu", activation_param=0.2),
+        nn.Conv2d(3, 4, 3),
+        pyfusedbn.BatchNormAct2d(4, activation="leaky_relu", activation_param=0.2),
         nn.MaxPool2d(2), nn.BatchNorm2d(4))
     model.train()
     model(torch.randn(2, 3, 8, 8))
