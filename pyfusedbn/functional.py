@@ -74,7 +74,7 @@ class BatchNormActFunction(torch.autograd.Function):
                 momentum, eps, activation, activation_param):
         out, mean, invstd = _fused_forward(input, weight, bias, residual, running_mean,
                                            running_var, training, momentum, eps, activation,
-                                           activation_param)
+                                           activation_param, any(ctx.needs_input_grad[:4]))
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
         # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
         ctx.memory_format = _memory_format(input)
@@ -100,13 +100,16 @@ class BatchNormActFunction(torch.autograd.Function):
 
 
 def _fused_forward(input, weight, bias, residual, running_mean, running_var, training, momentum,
-                   eps, activation, activation_param):
-    """(output, mean, invstd): the training op (batch statistics) or the eval op (running ones)."""
+                   eps, activation, activation_param, need_backward=True):
+    """(output, mean, invstd): the training op (batch statistics) or the eval op (running ones).
+    In eval mode without backward (inference, export) mean and invstd are None: not computed."""
     if training:
         return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
                                         momentum, eps, activation, activation_param)
     out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias, residual, eps,
                                   activation, activation_param)
+    if not need_backward:
+        return out, None, None
     # Copies: the buffers may be updated in place before backward runs.
     acc = acc_dtype(input.dtype)
     return out, running_mean.to(acc, copy=True), torch.rsqrt(running_var.to(acc) + eps)
