@@ -70,10 +70,10 @@ OptTensor lay_out_like(const OptTensor& t, const char* name, const LaidOut& x, c
 std::tuple<Tensor, Tensor> affine_coefficients(const Tensor& mean, const Tensor& invstd,
                                                const OptTensor& weight, const OptTensor& bias,
                                                at::ScalarType acc) {
-  const Tensor invstd_acc = invstd.to(acc);
-  Tensor scale = weight.has_value() ? weight->to(acc) * invstd_acc : invstd_acc.clone();
-  Tensor shift = -mean.to(acc) * scale;
-  if (bias.has_value()) shift.add_(bias->to(acc));
+  // Few, fused per-channel ops: for small inputs their dispatch cost is what a layer costs.
+  Tensor scale = weight.has_value() ? weight->to(acc) * invstd.to(acc) : invstd.to(acc, false, true);
+  Tensor shift = bias.has_value() ? at::addcmul(bias->to(acc), mean.to(acc), scale, -1)
+                                  : mean.to(acc) * scale.neg();
   return {scale.contiguous(), shift.contiguous()};
 }
 
@@ -105,12 +105,16 @@ void update_running_stats(const OptTensor& running_mean, const OptTensor& runnin
   if (!running_mean.has_value()) return;
   // torch stores the unbiased variance in running_var (Bessel's correction over N * spatial).
   const double bessel = static_cast<double>(count) / static_cast<double>(count - 1);
-  const auto acc = mean.scalar_type();
-  Tensor new_mean = running_mean->to(acc).mul_(1.0 - momentum).add_(mean, momentum);
-  Tensor new_var = running_var->to(acc).mul_(1.0 - momentum).add_(var, momentum * bessel);
   // In place, so module buffers (and anything aliasing them) see the update.
-  running_mean->copy_(new_mean);
-  running_var->copy_(new_var);
+  auto update = [&](const Tensor& running, const Tensor& batch, double weight) {
+    if (running.scalar_type() == batch.scalar_type()) {
+      running.mul_(1.0 - momentum).add_(batch, weight);
+    } else {  // half/bfloat16 buffers: update in the accumulate type, round once
+      running.copy_(running.to(batch.scalar_type()).mul_(1.0 - momentum).add_(batch, weight));
+    }
+  };
+  update(*running_mean, mean, momentum);
+  update(*running_var, var, momentum * bessel);
 }
 
 void check_eps_momentum(double eps, double momentum, const char* op) {

@@ -99,13 +99,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
                     input.sizes());
 
   const auto options = input.options().dtype(acc_type_of(input));
-  Tensor mean = at::zeros({x.shape.channels}, options);
-  Tensor var = at::zeros({x.shape.channels}, options);
   Tensor out = at::empty_like(x.input);
   if (count == 0) {
     // An empty batch leaves the running statistics untouched, as torch does.
-    return {out, mean, at::zeros_like(mean)};
+    return {out, at::zeros({x.shape.channels}, options), at::zeros({x.shape.channels}, options)};
   }
+  // The stats kernel writes every channel.
+  Tensor mean = at::empty({x.shape.channels}, options);
+  Tensor var = at::empty({x.shape.channels}, options);
   Backend::stats(x.input, x.shape, mean, var);
   Tensor invstd = (var + eps).rsqrt_();
   update_running_stats(running_mean, running_var, mean, var, count, momentum);
