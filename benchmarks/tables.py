@@ -57,7 +57,7 @@ def microbench_table(result: dict, headline_only: bool = False) -> str:
             fmt(fused["max_abs_diff_fused_vs_eager"], 2)])
     header = ["case", "layout", "mode", "eager ms (IQR)", "fused ms (IQR)", "fused speed-up",
               "compiled ms", "compiled speed-up", "compile s", "fused GB/s", "% copy BW",
-              "max |fused-eager|"]
+              "max abs diff fused vs eager"]
     return markdown_table(header, lines, "lllrrrrrrrrr")
 
 
@@ -76,9 +76,10 @@ def _curve_verdict(comparison: dict) -> str:
     if comparison.get("curves_overlap") is None:
         return f"max diff {comparison['loss_curve_max_abs_diff']:.1e} (no fp64 reference)"
     verdict = "overlap" if comparison["curves_overlap"] else "DIFFER"
-    return (f"{verdict}: first {comparison['reference_steps']} steps, |fused-fp64| "
-            f"{comparison['fused_vs_fp64']:.1e} vs |torch-fp64| {comparison['torch_vs_fp64']:.1e}"
-            f"; all steps |fused-torch| {comparison['loss_curve_max_abs_diff']:.1e}")
+    # No '|' here: the text sits in a markdown table cell.
+    return (f"{verdict}: first {comparison['reference_steps']} steps, max diff fused vs fp64 "
+            f"{comparison['fused_vs_fp64']:.1e}, torch vs fp64 {comparison['torch_vs_fp64']:.1e}"
+            f"; all steps fused vs torch {comparison['loss_curve_max_abs_diff']:.1e}")
 
 
 def _train_rows(label: str, comparison: dict) -> List[list]:
