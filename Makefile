@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test bench bench-deps data cuda-check clean
+.PHONY: venv build test bench bench-full bench-deps data cuda-check clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -20,6 +20,28 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# Benchmarks (benchmarks/run.py): plots, progress bars and pytest-benchmark on top of the venv.
+DATA_DIR ?= /usr/share/datasets/fashion-mnist
+
+bench-deps: venv
+	$(PY) -m pip install -q matplotlib tqdm pytest-benchmark
+
+# Fashion-MNIST from Debian's package. When it cannot be installed, `bench` still runs the
+# microbenchmarks (and synthetic training) and its report says what was skipped and why.
+data:
+	@if [ -d "$(DATA_DIR)" ]; then echo "data: $(DATA_DIR) present"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$sudo apt-get update && $$sudo apt-get install -y dataset-fashion-mnist; } || \
+	  echo "data: could not install dataset-fashion-mnist; the training parts will be skipped"; \
+	else echo "data: no apt-get here; the training parts will be skipped"; fi
+
+bench: build bench-deps data
+	$(PY) -m benchmarks.run --quick --data-dir $(DATA_DIR)
+
+bench-full: build bench-deps data
+	$(PY) -m benchmarks.run --full --data-dir $(DATA_DIR)
 
 clean:
 	rm -rf build *.egg-info pyfusedbn/*.so
