@@ -84,6 +84,16 @@ def _grid(runs: List[dict]):
     return groups, activations, inits
 
 
+def _finish_grid(fig, axes, xlabel: str, ylabel: str, title: str, path: str) -> str:
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def study_curves(study: dict, model: str, path: str) -> str:
     """Test accuracy vs step, one panel per (activation, init), one line per norm (mean over
     seeds)."""
@@ -102,13 +112,8 @@ def study_curves(study: dict, model: str, path: str) -> str:
         ax.axhline(runs[0]["target"], color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"{activation}, {init}", fontsize=9)
         ax.set_ylim(0, 1)
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
-    for row in axes:
-        row[0].set_ylabel("test accuracy")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{model.upper()}: test accuracy during training (dotted: target)")
-    return _save(fig, path)
+    return _finish_grid(fig, axes, "step", "test accuracy",
+                        f"{model.upper()}: test accuracy during training (dotted: target)", path)
 
 
 def grad_norm_bars(study: dict, model: str, path: str) -> str:
@@ -131,13 +136,8 @@ def grad_norm_bars(study: dict, model: str, path: str) -> str:
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{activation}, {init}", fontsize=9)
-    for ax in axes[-1]:
-        ax.set_xlabel("layer (input → output)")
-    for row in axes:
-        row[0].set_ylabel("‖∂L/∂W‖")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{model.upper()}: per-layer gradient norm at the start of training")
-    return _save(fig, path)
+    return _finish_grid(fig, axes, "layer (input → output)", "‖∂L/∂W‖",
+                        f"{model.upper()}: per-layer gradient norm at the start of training", path)
 
 
 def all_plots(out_dir: str, microbench=None, train=None, study=None) -> dict:
