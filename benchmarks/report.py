@@ -89,6 +89,9 @@ def _train_section(train: dict, plots: Dict[str, str]) -> List[str]:
 
 def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
     data, config = study["data"], study["config"]
+    clip = study["runs"][0]["clip_grad_norm"] if study["runs"] else None
+    clip_note = (f"max norm {clip}." if clip else
+                 "none (`python -m benchmarks.study --clip-grad-norm 1.0` adds it).")
     lines = ["## Training study: BatchNorm and initialisation", "",
              f"Fashion-MNIST, inputs normalised with the training set's own mean "
              f"**{data['mean']:.4f}** and std **{data['std']:.4f}** (computed over all 60,000 "
@@ -100,8 +103,11 @@ def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
              f"{study['cnn']['widths']}, {study['cnn']['blocks']} blocks of 2 convs per stage. "
              "Init: normal = N(0,1) weights; default = PyTorch's; xavier = Glorot normal; "
              "kaiming = He normal (fan_in). BatchNorm = pyfusedbn's fused BatchNormAct.", "",
-             "Gradient ratio: the second weight layer's gradient norm over the last hidden "
-             "layer's on the first batch; far below 1 is a vanishing gradient.", "",
+             "Steps to target are counted at the evaluation points (a multiple of "
+             f"{config['eval_every']}). Gradient ratio: the second weight layer's gradient norm "
+             "over the last hidden layer's on the first batch; far below 1 is a vanishing "
+             "gradient. Gradient clipping: "
+             + clip_note, "",
              tables.study_tables(study), ""]
     for model in ("mlp", "cnn"):
         lines.append(_image(plots, f"study_{model}", f"{model} test accuracy"))
