@@ -67,8 +67,11 @@ def extension():
     # read floating-point exception flags. -fno-math-errno likewise (errno is never read).
     cpu_flags = host_cpu_flags()
     mvec_defines, link_args = libmvec_flags(cpu_flags)
-    cxx_flags = ["-O3", "-fopenmp-simd", "-fno-trapping-math", "-fno-math-errno",
+    # -fopenmp: at::parallel_for is a header template whose OpenMP pragma compiles into *our*
+    # objects; without the flag every CPU kernel silently runs on one thread.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno",
                  "-std=c++17"] + cpu_flags + mvec_defines
+    link_args = link_args + ["-fopenmp"]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "pyfusedbn._C", sources, extra_compile_args={"cxx": cxx_flags},
