@@ -13,6 +13,7 @@
 
 #include "../kernel_args.h"
 #include "../welford.h"
+#include "convert.h"
 
 namespace pyfusedbn {
 namespace cpu {
@@ -28,15 +29,15 @@ constexpr int64_t kGrain = 32768;
 // would lose the digits the variance is made of.
 template <typename scalar_t, typename acc_t>
 inline MeanM2<acc_t> block_mean_m2(const scalar_t* p, int64_t len) {
-  const acc_t shift = static_cast<acc_t>(p[0]);
+  const acc_t shift = load_acc<acc_t>(p[0]);
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) sum += static_cast<acc_t>(p[i]) - shift;
+  for (int64_t i = 0; i < len; ++i) sum += load_acc<acc_t>(p[i]) - shift;
   const acc_t mean = shift + sum / static_cast<acc_t>(len);
   acc_t m2 = 0;
 #pragma omp simd reduction(+ : m2)
   for (int64_t i = 0; i < len; ++i) {
-    const acc_t d = static_cast<acc_t>(p[i]) - mean;
+    const acc_t d = load_acc<acc_t>(p[i]) - mean;
     m2 += d * d;
   }
   return {mean, m2, len};
@@ -83,14 +84,14 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = a.input + r * C;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) block_mean[c] += static_cast<acc_t>(row[c]) - static_cast<acc_t>(first[c]);
+        for (int64_t c = 0; c < C; ++c) block_mean[c] += load_acc<acc_t>(row[c]) - load_acc<acc_t>(first[c]);
       }
-      for (int64_t c = 0; c < C; ++c) block_mean[c] = static_cast<acc_t>(first[c]) + block_mean[c] / len;
+      for (int64_t c = 0; c < C; ++c) block_mean[c] = load_acc<acc_t>(first[c]) + block_mean[c] / len;
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = a.input + r * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const acc_t d = static_cast<acc_t>(row[c]) - block_mean[c];
+          const acc_t d = load_acc<acc_t>(row[c]) - block_mean[c];
           block_m2[c] += d * d;
         }
       }
@@ -141,8 +142,8 @@ inline void for_each_run(const BnShape& shape, Body body) {
 // planar run (channel >= 0) and indexed by i along a channels_last row.
 template <bool kResidual, typename scalar_t, typename acc_t>
 inline acc_t pre_activation(const scalar_t* x, const scalar_t* res, acc_t scale, acc_t shift, int64_t i) {
-  acc_t z = static_cast<acc_t>(x[i]) * scale + shift;
-  if constexpr (kResidual) z += static_cast<acc_t>(res[i]);
+  acc_t z = load_acc<acc_t>(x[i]) * scale + shift;
+  if constexpr (kResidual) z += load_acc<acc_t>(res[i]);
   return z;
 }
 
@@ -157,11 +158,11 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
       const acc_t sc = a.scale[c], sh = a.shift[c];
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i)
-        out[i] = static_cast<scalar_t>(Act::value(pre_activation<kResidual>(x, res, sc, sh, i), p));
+        out[i] = store_as<scalar_t>(Act::value(pre_activation<kResidual>(x, res, sc, sh, i), p));
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i)
-        out[i] = static_cast<scalar_t>(Act::value(pre_activation<kResidual>(x, res, a.scale[i], a.shift[i], i), p));
+        out[i] = store_as<scalar_t>(Act::value(pre_activation<kResidual>(x, res, a.scale[i], a.shift[i], i), p));
     }
   });
 }
@@ -172,9 +173,9 @@ template <typename Act, bool kResidual, bool kFromOutput, typename Args>
 inline auto grad_and_centred(const Args& a, int64_t i, int64_t c) {
   using acc_t = decltype(a.activation_param);
   const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(
-      static_cast<acc_t>(a.saved[i]), kResidual ? static_cast<acc_t>(a.residual[i]) : acc_t(0),
+      load_acc<acc_t>(a.saved[i]), kResidual ? load_acc<acc_t>(a.residual[i]) : acc_t(0),
       a.mean[c], a.scale[c], a.bias[c], a.activation_param);
-  return Rebuilt<acc_t>{r.xc, static_cast<acc_t>(a.grad_out[i]) * Act::grad(r.z, a.activation_param)};
+  return Rebuilt<acc_t>{r.xc, load_acc<acc_t>(a.grad_out[i]) * Act::grad(r.z, a.activation_param)};
 }
 
 template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
@@ -191,15 +192,15 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
         const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, c);  // {xc, g}
-        dx[i] = static_cast<scalar_t>(t.z * a.coef_g[c] + t.xc * a.coef_xc[c] + a.coef_const[c]);
-        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(t.z);
+        dx[i] = store_as<scalar_t>(t.z * a.coef_g[c] + t.xc * a.coef_xc[c] + a.coef_const[c]);
+        if constexpr (kResidual) dres[i] = store_as<scalar_t>(t.z);
       }
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
         const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, i);
-        dx[i] = static_cast<scalar_t>(t.z * a.coef_g[i] + t.xc * a.coef_xc[i] + a.coef_const[i]);
-        if constexpr (kResidual) dres[i] = static_cast<scalar_t>(t.z);
+        dx[i] = store_as<scalar_t>(t.z * a.coef_g[i] + t.xc * a.coef_xc[i] + a.coef_const[i]);
+        if constexpr (kResidual) dres[i] = store_as<scalar_t>(t.z);
       }
     }
   });
