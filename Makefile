@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test bench bench-full bench-deps data cuda-check clean
+.PHONY: venv build test bench bench-full bench-deps data cuda-check cuda-build clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -42,6 +42,17 @@ bench: build bench-deps data
 
 bench-full: build bench-deps data
 	$(PY) -m benchmarks.run --full --data-dir $(DATA_DIR)
+
+# Compile-checks the CUDA kernel files with nvcc (no GPU, no torch needed); part of CI.
+cuda-check:
+	bash tools/cuda_check.sh
+
+# Builds the whole CUDA extension (bindings included) against a CUDA build of torch in its own
+# venv, without running it: catches binding errors on a machine without a GPU. Not part of CI
+# (it installs ~5.5 GB).
+CUDA_VENV ?= .venv-cuda
+cuda-build:
+	bash tools/cuda_build.sh $(CUDA_VENV)
 
 clean:
 	rm -rf build *.egg-info pyfusedbn/*.so

@@ -69,15 +69,15 @@ def extension():
     mvec_defines, link_args = libmvec_flags(cpu_flags)
     # -fopenmp: at::parallel_for is a header template whose OpenMP pragma compiles into *our*
     # objects; without the flag every CPU kernel silently runs on one thread.
-    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno",
-                 "-std=c++17"] + cpu_flags + mvec_defines
+    # No -std: torch's cpp_extension sets the standard its headers need (C++17, C++20 from 2.14).
+    cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + cpu_flags + mvec_defines
     link_args = link_args + ["-fopenmp"]
     if not want_cuda():
         return cpp_extension.CppExtension(
             "pyfusedbn._C", sources, extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_args)
     sources += sorted(glob.glob("csrc/cuda/*.cpp") + glob.glob("csrc/cuda/*.cu"))
-    nvcc_flags = ["-O3", "-std=c++17", "-lineinfo"]
+    nvcc_flags = ["-O3", "-lineinfo"]
     return cpp_extension.CUDAExtension(
         "pyfusedbn._C", sources,
         extra_compile_args={"cxx": cxx_flags + ["-DPYFUSEDBN_WITH_CUDA"], "nvcc": nvcc_flags},

@@ -60,8 +60,8 @@ def assert_close(name, actual, expected, tol):
     """Compares with absolute tolerance tol * max(1, max|expected|); says which tensor and where."""
     assert actual is not None and expected is not None, f"{name}: missing ({actual}, {expected})"
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    a = actual.detach().to(torch.float64)
-    e = expected.detach().to(torch.float64)
+    a = actual.detach().cpu().to(torch.float64)
+    e = expected.detach().cpu().to(torch.float64)
     nan_a, nan_e = torch.isnan(a), torch.isnan(e)
     assert torch.equal(nan_a, nan_e), f"{name}: NaN pattern differs ({int(nan_a.sum())} vs {int(nan_e.sum())} NaNs)"
     a, e = a[~nan_e], e[~nan_e]

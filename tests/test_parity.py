@@ -16,7 +16,7 @@ TORCH_MODULES = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.
 PARAMS = {"leaky_relu": 0.2, "elu": 0.7, "softplus": 1.5}
 
 
-def make_module(rank, channels, dtype, generator, **kwargs):
+def make_module(rank, channels, dtype, generator, device="cpu", **kwargs):
     module = MODULES[rank](channels, dtype=param_dtype(dtype), **kwargs)
     with torch.no_grad():
         if module.affine:
@@ -25,21 +25,21 @@ def make_module(rank, channels, dtype, generator, **kwargs):
         if module.track_running_stats:
             module.running_mean.copy_(torch.randn(channels, generator=generator))
             module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
-    return module
+    return module.to(device)
 
 
 def reference_step(module_state, x, residual, dy, training, momentum, eps, activation, param):
-    """One float64 reference step; returns output, grads and the updated running stats."""
-    x64 = x.detach().double().requires_grad_()
-    res64 = residual.detach().double().requires_grad_() if residual is not None else None
+    """One float64 reference step on the CPU; returns output, grads and updated running stats."""
+    x64 = x.detach().cpu().double().requires_grad_()
+    res64 = residual.detach().cpu().double().requires_grad_() if residual is not None else None
     weight, bias, running_mean, running_var = (
-        t.detach().double().clone() if t is not None else None for t in module_state)
+        t.detach().cpu().double().clone() if t is not None else None for t in module_state)
     if weight is not None:
         weight.requires_grad_()
         bias.requires_grad_()
     y = reference_batch_norm_act(x64, running_mean, running_var, weight, bias, training, momentum,
                                  eps, activation, param, res64)
-    y.backward(dy.double())
+    y.backward(dy.cpu().double())
     grads = {"input": x64.grad, "residual": res64.grad if res64 is not None else None,
              "weight": weight.grad if weight is not None else None,
              "bias": bias.grad if bias is not None else None}
@@ -47,16 +47,16 @@ def reference_step(module_state, x, residual, dy, training, momentum, eps, activ
 
 
 def run_steps(module, rank, shape, memory_format, dtype, activation, param, residual, generator,
-              training_steps=2):
+              training_steps=2, device="cpu"):
     """Training steps then one eval step, each compared with the float64 reference."""
     tol = TOLERANCE[dtype]
     stats_tol = TOLERANCE[param_dtype(dtype)]
     for step in range(training_steps + 1):
         training = step < training_steps
         module.train(training)
-        x = random_input(shape, dtype, memory_format, generator).requires_grad_()
-        res = random_input(shape, dtype, memory_format, generator, mean=0.0, scale=1.0).requires_grad_() \
-            if residual else None
+        x = random_input(shape, dtype, memory_format, generator).to(device).requires_grad_()
+        res = random_input(shape, dtype, memory_format, generator, mean=0.0, scale=1.0).to(device) \
+            .requires_grad_() if residual else None
         bn_training = training or not module.track_running_stats
         use_running = not training or module.track_running_stats
         momentum = module.momentum
@@ -69,7 +69,7 @@ def run_steps(module, rank, shape, memory_format, dtype, activation, param, resi
         tracked_before = int(module.num_batches_tracked) if module.track_running_stats else None
 
         y = module(x, res)
-        dy = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(dtype)
+        dy = torch.randn(y.shape, generator=generator, dtype=torch.float64).to(dtype).to(device)
         y_ref, grads_ref, rm_ref, rv_ref = reference_step(
             state, x, res, dy, bn_training, momentum if momentum is not None else 0.0,
             module.eps, activation, param)

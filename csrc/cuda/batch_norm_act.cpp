@@ -1,0 +1,139 @@
+// CUDA backend: tensors to raw-pointer kernel arguments, the current stream and device, the
+// reductions' workspace, and the TORCH_LIBRARY_IMPL(CUDA) registrations. The kernels themselves
+// live in the .cu files beside this one and see no torch header.
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <torch/library.h>
+
+#include "../batch_norm_act_ops.h"
+#include "../kernel_calls.h"
+#include "launch.cuh"
+
+namespace pyfusedbn {
+namespace {
+
+// The CUDA type with the layout of a torch scalar type.
+template <typename T> struct CudaScalar { using type = T; };
+template <> struct CudaScalar<at::Half> { using type = __half; };
+template <> struct CudaScalar<at::BFloat16> { using type = __nv_bfloat16; };
+
+template <typename scalar_t>
+auto* device_ptr(const Tensor& t) {
+  return reinterpret_cast<typename CudaScalar<scalar_t>::type*>(t.data_ptr<scalar_t>());
+}
+
+template <typename scalar_t>
+const typename CudaScalar<scalar_t>::type* device_ptr_or_null(const OptTensor& t) {
+  return t.has_value() ? device_ptr<scalar_t>(*t) : nullptr;
+}
+
+cuda::LaunchContext launch_context(const Tensor& like) {
+  return {at::cuda::getCurrentCUDAStream(like.device().index()).stream(),
+          at::cuda::getDeviceProperties(like.device().index())->multiProcessorCount};
+}
+
+Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda::LaunchContext& ctx) {
+  return at::empty({cuda::workspace_elements(shape, ctx.num_sms)}, like.options().dtype(acc_type_of(like)));
+}
+
+#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+struct CudaBackend {
+  static void stats(const Tensor& x, const BnShape& shape, Tensor& mean, Tensor& var) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto ctx = launch_context(x);
+    Tensor workspace = reduction_workspace(x, shape, ctx);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_stats_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      cuda::launch_stats(StatsArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), mean.data_ptr<acc_t>(),
+                                                  var.data_ptr<acc_t>(), shape},
+                         workspace.data_ptr<acc_t>(), ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
+                    ActKind act, double param, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto ctx = launch_context(x);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_apply_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      cuda::launch_apply(ApplyArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), device_ptr_or_null<scalar_t>(residual),
+                                                  scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                                                  device_ptr<scalar_t>(out), static_cast<acc_t>(param), shape},
+                         act, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                              const BackwardCoefficients& k, ActKind act, double param, bool from_output,
+                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(saved.device());
+    const auto ctx = launch_context(saved);
+    Tensor workspace = reduction_workspace(saved, shape, ctx);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_reduce_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      const ReduceArgs<cuda_t, acc_t> args{
+          device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved), device_ptr_or_null<scalar_t>(residual),
+          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),   k.bias.data_ptr<acc_t>(),
+          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(),  static_cast<acc_t>(param),
+          shape};
+      cuda::launch_backward_reduce(args, act, from_output, workspace.data_ptr<acc_t>(), ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
+                             const Tensor& coef_const, ActKind act, double param, bool from_output,
+                             Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(saved.device());
+    const auto ctx = launch_context(saved);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_elemt_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      const ElemtArgs<cuda_t, acc_t> args{
+          device_ptr<scalar_t>(dy),
+          device_ptr<scalar_t>(saved),
+          device_ptr_or_null<scalar_t>(residual),
+          k.mean.data_ptr<acc_t>(),
+          k.scale.data_ptr<acc_t>(),
+          k.bias.data_ptr<acc_t>(),
+          coef_g.data_ptr<acc_t>(),
+          coef_xc.data_ptr<acc_t>(),
+          coef_const.data_ptr<acc_t>(),
+          device_ptr<scalar_t>(grad_input),
+          residual.has_value() ? device_ptr<scalar_t>(grad_residual) : nullptr,
+          static_cast<acc_t>(param),
+          shape};
+      cuda::launch_backward_elemt(args, act, from_output, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfusedbn, CUDA, m) {
+  m.impl("batch_norm_stats", &batch_norm_stats<CudaBackend>);
+  m.impl("batch_norm_act_train", &batch_norm_act_train<CudaBackend>);
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval<CudaBackend>);
+  m.impl("batch_norm_act_apply", &batch_norm_act_apply<CudaBackend>);
+  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CudaBackend>);
+  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CudaBackend>);
+}
+
+}  // namespace pyfusedbn
