@@ -55,8 +55,17 @@ class _BatchNormAct(_BatchNorm):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
-        # Same bookkeeping as torch's _BatchNorm.forward, so momentum=None (cumulative average),
-        # num_batches_tracked and track_running_stats=False behave identically.
+        bn_training, momentum, running_mean, running_var = self._batch_norm_arguments()
+        return batch_norm_act(
+            input, running_mean, running_var, self.weight, self.bias, bn_training, momentum,
+            self.eps, self.activation, self.activation_param, residual,
+            memory_efficient=self.memory_efficient, inplace=self.inplace)
+
+    def _batch_norm_arguments(self):
+        """(training, momentum, running_mean, running_var) for this call, counting the batch in
+        num_batches_tracked: the same bookkeeping as torch's _BatchNorm.forward, so momentum=None
+        (cumulative average), num_batches_tracked and track_running_stats=False behave
+        identically."""
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
@@ -66,13 +75,9 @@ class _BatchNormAct(_BatchNorm):
                 exponential_average_factor = self.momentum
         bn_training = self.training or (self.running_mean is None and self.running_var is None)
         use_running = not self.training or self.track_running_stats
-        return batch_norm_act(
-            input,
-            self.running_mean if use_running else None,
-            self.running_var if use_running else None,
-            self.weight, self.bias, bn_training, exponential_average_factor, self.eps,
-            self.activation, self.activation_param, residual,
-            memory_efficient=self.memory_efficient, inplace=self.inplace)
+        return (bn_training, exponential_average_factor,
+                self.running_mean if use_running else None,
+                self.running_var if use_running else None)
 
 
 class BatchNormAct1d(_BatchNormAct):
