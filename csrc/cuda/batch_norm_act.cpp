@@ -2,9 +2,9 @@
 // reductions' workspace, and the TORCH_LIBRARY_IMPL(CUDA) registrations. The kernels themselves
 // live in the .cu files beside this one and see no torch header.
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
@@ -31,9 +31,16 @@ const typename CudaScalar<scalar_t>::type* device_ptr_or_null(const OptTensor& t
   return t.has_value() ? device_ptr<scalar_t>(*t) : nullptr;
 }
 
+// (c10/cuda only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.)
+int multiprocessor_count(c10::DeviceIndex device) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
 cuda::LaunchContext launch_context(const Tensor& like) {
-  return {at::cuda::getCurrentCUDAStream(like.device().index()).stream(),
-          at::cuda::getDeviceProperties(like.device().index())->multiProcessorCount};
+  const c10::DeviceIndex device = like.device().index();
+  return {c10::cuda::getCurrentCUDAStream(device).stream(), multiprocessor_count(device)};
 }
 
 Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda::LaunchContext& ctx) {
