@@ -4,6 +4,7 @@ from .activations import ACTIVATION_NAMES
 from .convert import ConversionReport, convert, fold, revert
 from .functional import batch_norm_act
 from .modules import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from .sync_batchnorm import SyncBatchNormAct, convert_sync_batchnorm
 
 __all__ = [
     "ACTIVATION_NAMES",
@@ -11,9 +12,11 @@ __all__ = [
     "BatchNormAct2d",
     "BatchNormAct3d",
     "ConversionReport",
+    "SyncBatchNormAct",
     "backends",
     "batch_norm_act",
     "convert",
+    "convert_sync_batchnorm",
     "fold",
     "revert",
 ]
