@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test bench bench-full bench-deps data cuda-check cuda-build clean
+.PHONY: venv build test bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -53,6 +53,10 @@ cuda-check:
 CUDA_VENV ?= .venv-cuda
 cuda-build:
 	bash tools/cuda_build.sh $(CUDA_VENV)
+
+# On a GPU machine (its own python3 with a CUDA torch): build, CUDA tests, CUDA microbenchmarks.
+gpu-validate:
+	bash tools/gpu_validate.sh
 
 clean:
 	rm -rf build *.egg-info pyfusedbn/*.so
