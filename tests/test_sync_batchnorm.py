@@ -6,6 +6,8 @@ run on the concatenated batch (float64), so assertion messages name the rank, st
 """
 import datetime
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -294,3 +296,16 @@ def test_convert_sync_batchnorm():
     assert_close("converted eval out", converted(x), expected, 1e-6)
     single = pyfusedbn.convert_sync_batchnorm(nn.BatchNorm1d(2))
     assert type(single) is pyfusedbn.SyncBatchNormAct and single.activation == "identity"
+
+
+def test_ddp_example_trains():
+    """examples/ddp_train.py under torchrun with 2 gloo processes (--standalone: a free port)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         os.path.join(root, "examples", "ddp_train.py"), "--steps", "4"],
+        capture_output=True, text=True, timeout=JOIN_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 SyncBatchNormAct layers" in result.stdout, result.stdout
+    assert "step    4  loss" in result.stdout, result.stdout
+    assert "running statistics identical on all ranks: True" in result.stdout, result.stdout
