@@ -55,7 +55,7 @@ std::tuple<Tensor, Tensor> batch_norm_stats(const Tensor& input) {
   const auto options = input.options().dtype(acc_type_of(input));
   Tensor mean = at::zeros({x.shape.channels}, options);
   Tensor var = at::zeros({x.shape.channels}, options);
-  if (x.shape.reduce_size() > 0) Backend::stats(x.input, x.shape, mean, var);
+  if (x.shape.numel() > 0) Backend::stats(x.input, x.shape, mean, var);
   return {mean, var};
 }
 
@@ -100,8 +100,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
 
   const auto options = input.options().dtype(acc_type_of(input));
   Tensor out = at::empty_like(x.input);
-  if (count == 0) {
-    // An empty batch leaves the running statistics untouched, as torch does.
+  if (x.shape.numel() == 0) {
+    // An empty batch (or no channels) leaves the running statistics untouched, as torch does.
     return {out, at::zeros({x.shape.channels}, options), at::zeros({x.shape.channels}, options)};
   }
   // The stats kernel writes every channel.

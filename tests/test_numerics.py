@@ -126,3 +126,14 @@ def test_python_and_kernel_activation_lists_agree():
                                                 None, None, 1e-5, "not-an-activation", 0.0)
     listed = str(info.value).split("expected one of: ")[1].split("\n")[0].strip()
     assert tuple(name.strip() for name in listed.split(",")) == pyfusedbn.ACTIVATION_NAMES
+
+
+@pytest.mark.parametrize("shape", [(4, 0, 3, 3), (0, 3, 3, 3), (5, 3, 0, 2)])
+def test_empty_shapes_forward_backward(shape):
+    """No samples, no channels or no positions: empty results, no kernel launched on nothing."""
+    module = pyfusedbn.BatchNormAct2d(shape[1])
+    x = torch.randn(shape, requires_grad=True)
+    y = module(x)
+    y.sum().backward()
+    assert y.shape == x.shape and x.grad.shape == x.shape
+    assert torch.equal(module.running_mean, torch.zeros(shape[1]))

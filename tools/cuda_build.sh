@@ -8,7 +8,7 @@ venv=$(realpath -m "${1:-.venv-cuda}")
 "$venv/bin/pip" install -q torch==2.14.1 numpy ninja setuptools wheel
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-git ls-files -co --exclude-standard | grep -v '^benchmarks/results' | tar cf - -T - | tar xf - -C "$scratch"
+git ls-files -co --exclude-standard | tar cf - -T - | tar xf - -C "$scratch"
 cd "$scratch"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PYFUSEDBN_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS=${MAX_JOBS:-2} \
   "$venv/bin/python" setup.py -q build_ext --inplace
