@@ -79,13 +79,15 @@ class SyncBatchNormAct(_BatchNormAct):
 
 def _all_gather(partial: Tensor, process_group, world_size: int) -> Tensor:
     """(world_size, len(partial)): every rank's partial, in rank order."""
-    gathered = partial.new_empty((world_size, partial.numel()))
+    gathered = partial.new_empty((world_size * partial.numel(),))
     if dist.get_backend(process_group) == "gloo":
-        # gloo has no all_gather_into_tensor (nccl's fast path); the list form is one collective too.
-        dist.all_gather(list(gathered.unbind(0)), partial, group=process_group)
+        # The list form, which every torch's gloo supports; one collective all the same.
+        dist.all_gather(list(gathered.chunk(world_size)), partial, group=process_group)
     else:
-        dist.all_gather_into_tensor(gathered, partial, group=process_group)
-    return gathered
+        # nccl's single-buffer gather (named all_gather_into_tensor before torch 2.13).
+        gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather_single(gathered, partial, group=process_group)
+    return gathered.view(world_size, -1)
 
 
 def _global_stats(input: Tensor, process_group, world_size: int):

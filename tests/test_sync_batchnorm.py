@@ -83,20 +83,39 @@ def _leaf(t, rows):
 
 class _NoCollectives:
     """Makes any collective raise: eval mode must not communicate."""
-    NAMES = ("all_gather", "all_gather_into_tensor", "all_reduce")
+    GATHERS = ("all_gather", "all_gather_single", "all_gather_into_tensor")
+    NAMES = tuple(name for name in GATHERS if hasattr(dist, name)) + ("all_reduce",)
 
     def __enter__(self):
         self.saved = {name: getattr(dist, name) for name in self.NAMES}
         for name in self.NAMES:
-            setattr(dist, name, self._fail)
+            setattr(dist, name, self._wrap(name, self.saved[name]))
+        return self
 
     def __exit__(self, *exc):
         for name, fn in self.saved.items():
             setattr(dist, name, fn)
 
+    def _wrap(self, name, collective):
+        return self._fail
+
     @staticmethod
     def _fail(*args, **kwargs):
         raise AssertionError("a collective ran in eval mode")
+
+
+class _CountCollectives(_NoCollectives):
+    """Counts the collectives that run (and runs them)."""
+
+    def __enter__(self):
+        self.counts = dict.fromkeys(self.NAMES, 0)
+        return super().__enter__()
+
+    def _wrap(self, name, collective):
+        def counted(*args, **kwargs):
+            self.counts[name] += 1
+            return collective(*args, **kwargs)
+        return counted
 
 
 def _worker(rank, world_size, init_file, out_dir):
@@ -113,9 +132,11 @@ def _worker(rank, world_size, init_file, out_dir):
             steps = []
             for step in range(STEPS):
                 x, r = _leaf(data["x"][step], rows), _leaf(data["residual"][step], rows)
-                out = module(x, r)
-                out.backward(data["grad"][step][rows])
+                with _CountCollectives() as collectives:
+                    out = module(x, r)
+                    out.backward(data["grad"][step][rows])
                 steps.append({
+                    "collectives": collectives.counts,
                     "out": out.detach(), "grad_input": x.grad,
                     "grad_residual": None if r is None else r.grad,
                     "grad_weight": None if module.weight is None else module.weight.grad.clone(),
@@ -172,6 +193,10 @@ def _check_case(index, batch_sizes, per_rank):
             rows = _rows(batch_sizes, rank)
             got = results["steps"][step]
             where = f"{case[0]} world {len(batch_sizes)} rank {rank} step {step}"
+            counts = got["collectives"]
+            gathers = sum(counts.get(name, 0) for name in _NoCollectives.GATHERS)
+            assert (gathers, counts["all_reduce"]) == (1, 1), (
+                f"{where}: expected one all-gather and one all-reduce, got {got['collectives']}")
             assert_close(f"{where} out", got["out"], out[rows], TOL)
             assert_close(f"{where} grad_input", got["grad_input"], grads[0][rows], TOL)
             if r is not None:
