@@ -46,8 +46,14 @@ def fused_from_batch_norm(bn, activation, activation_param):
 
 
 def batch_norm_from_fused(fused):
-    """(plain BatchNorm sharing fused's state, the activation as a torch module)."""
-    bn = FUSED_TO_BN[type(fused)](**_options(fused))
+    """(plain BatchNorm sharing fused's state, the activation as a torch module). A
+    SyncBatchNormAct becomes an nn.SyncBatchNorm on the same process group."""
+    from .sync_batchnorm import SyncBatchNormAct  # late: sync_batchnorm imports torch.distributed
+
+    if isinstance(fused, SyncBatchNormAct):
+        bn = nn.SyncBatchNorm(process_group=fused.process_group, **_options(fused))
+    else:
+        bn = FUSED_TO_BN[type(fused)](**_options(fused))
     return (_move_state(fused, bn),
             activation_module(fused.activation, fused.activation_param))
 

@@ -322,3 +322,22 @@ def test_activation_module_is_inverse_of_mapping(name):
         assert type(module) is nn.Identity
     else:
         assert module_activation(module) == (name, param)
+
+
+def test_revert_and_fold_handle_sync_batch_norm_act():
+    """A DDP-trained model (SyncBatchNormAct) reverts to nn.SyncBatchNorm + activation and folds
+    for inference (not distributed here: the layers run their local op)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    model = pyfusedbn.convert_sync_batchnorm(pyfusedbn.convert(model))
+    assert any(isinstance(m, pyfusedbn.SyncBatchNormAct) for m in model.modules())
+    x = torch.randn(4, 3, 9, 9)
+    model.train()(x)  # one step of statistics
+    model.eval()
+    expected = model(x)
+    reverted = pyfusedbn.revert(model)
+    assert any(type(m) is nn.SyncBatchNorm for m in reverted.modules())
+    torch.testing.assert_close(reverted(x), expected)
+    folded = pyfusedbn.fold(model)
+    assert not any(isinstance(m, (nn.modules.batchnorm._BatchNorm)) for m in folded.modules())
+    torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5)
