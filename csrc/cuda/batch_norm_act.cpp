@@ -11,7 +11,7 @@
 
 #include "../batch_norm_act_ops.h"
 #include "../kernel_calls.h"
-#include "launch.cuh"
+#include "batch_norm_act_kernels.cuh"
 
 namespace pyfusedbn {
 namespace {

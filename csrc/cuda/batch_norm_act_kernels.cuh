@@ -1,4 +1,5 @@
-// Host-side declarations of the CUDA launchers, shared by the kernel files and the binding.
+// Host-side declarations of the CUDA launchers (defined in reductions.cu and elementwise.cu),
+// shared by the kernel files and the binding. Launchers enqueue on ctx.stream and never sync.
 // No torch headers: scalar_t is float, double, __half or __nv_bfloat16 (the binding
 // reinterprets at::Half / at::BFloat16 pointers, which have the same layout).
 #pragma once
@@ -21,7 +22,8 @@ struct LaunchContext {
 };
 
 // Per-channel partial results: the reductions split each channel's work over several blocks,
-// write partials here, and a second small kernel merges them.
+// write partials here, and a second small kernel merges them (no atomics, no host sync). The
+// count bounds every vector width a launch may pick, so it depends on the shape only.
 int64_t reduction_partials(const BnShape& shape, int num_sms);
 // In accumulator values: per partial and channel an int64 count and two accumulators (float or
 // double), so at most four values.
