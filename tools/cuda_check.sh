@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-checks every CUDA kernel file for sm_80 and sm_90 with nvcc, without torch and without
 # a GPU: a syntax or template error in a .cu fails here (and so in CI). Warnings are errors.
+# The half/bfloat16 macros are the ones torch's CUDAExtension passes: no implicit conversions.
 # One nvcc at a time: each already instantiates every activation x dtype x layout variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ trap 'rm -rf "$out"' EXIT
 for cu in csrc/cuda/*.cu; do
   start=$SECONDS
   if ! "$NVCC" -std=c++17 -O3 -Xcompiler -Wall,-Wextra,-Werror -Werror all-warnings \
+      -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
+      -D__CUDA_NO_HALF2_OPERATORS__ \
       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90 \
       -c "$cu" -o "$out/$(basename "$cu").o"; then
     echo "cuda-check: FAILED on $cu"

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../batch_norm_act_ops.h"
+#include "../dispatch.h"
 #include "../kernel_calls.h"
 #include "batch_norm_act_kernels.h"
 
@@ -15,31 +16,6 @@ namespace {
 template <typename scalar_t>
 const scalar_t* ptr_or_null(const OptTensor& t) {
   return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
-}
-
-// Calls f(Act{}, bool_constant<has_residual>) so kernels are instantiated per activation and
-// with/without residual, keeping the inner loops free of runtime branches.
-template <typename F>
-void dispatch_act_residual(ActKind act, bool has_residual, F&& f) {
-  dispatch_activation(act, [&](auto activation) {
-    if (has_residual) f(activation, std::true_type{});
-    else f(activation, std::false_type{});
-  });
-}
-
-// Backward kernels also split on from_output; the from-output variants exist only for invertible
-// activations (the ops have already refused the others).
-template <typename F>
-void dispatch_backward(ActKind act, bool has_residual, bool from_output, F&& f) {
-  dispatch_act_residual(act, has_residual, [&](auto activation, auto has_res) {
-    if constexpr (decltype(activation)::kInvertible) {
-      if (from_output) {
-        f(activation, has_res, std::true_type{});
-        return;
-      }
-    }
-    f(activation, has_res, std::false_type{});
-  });
 }
 
 #define FBN_DISPATCH_FLOATING(dtype, name, ...) \

@@ -1,5 +1,6 @@
-// Host-side declarations of the CUDA launchers (defined in reductions.cu and elementwise.cu),
-// shared by the kernel files and the binding. Launchers enqueue on ctx.stream and never sync.
+// Host-side declarations of the CUDA launchers (defined in stats.cu, backward_reduce.cu and
+// elementwise.cu), shared by the kernel files and the binding. Launchers enqueue on ctx.stream
+// and never synchronise or allocate.
 // No torch headers: scalar_t is float, double, __half or __nv_bfloat16 (the binding
 // reinterprets at::Half / at::BFloat16 pointers, which have the same layout).
 #pragma once

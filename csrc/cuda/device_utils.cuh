@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernel files: dtype conversion, 16-byte vector loads, launch
-// geometry, and the dispatch of activation / residual / from_output / vector width onto kernel
-// template parameters.
+// geometry, and the dispatch of the vector width onto a kernel template parameter (activation,
+// residual and from_output: ../dispatch.h, shared with the CPU backend).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "../activations.h"
+#include "../dispatch.h"
 #include "../kernel_args.h"
 
 namespace pyfusedbn {
@@ -140,26 +141,6 @@ inline Geometry launch_geometry(const BnShape& shape, int vec, int64_t target_bl
   return {dim3(static_cast<unsigned>(shape.channels), static_cast<unsigned>(sample_parts),
                static_cast<unsigned>(position_parts)),
           dim3(bx, by)};
-}
-
-// Calls f(Act{}, has_residual, from_output) with compile-time flags. from_output variants exist
-// only for invertible activations (the ops refuse the others before launching).
-template <typename F>
-inline void dispatch_kernel_variant(ActKind act, bool has_residual, bool from_output, F&& f) {
-  dispatch_activation(act, [&](auto activation) {
-    using Act = decltype(activation);
-    auto with_residual = [&](auto res) {
-      if constexpr (Act::kInvertible) {
-        if (from_output) {
-          f(activation, res, std::true_type{});
-          return;
-        }
-      }
-      f(activation, res, std::false_type{});
-    };
-    if (has_residual) with_residual(std::true_type{});
-    else with_residual(std::false_type{});
-  });
 }
 
 // Calls f(std::integral_constant<int, V>) for the launch's vector width (1 or kMaxVec).

@@ -128,7 +128,7 @@ template <typename scalar_t, typename acc_t>
 void launch_apply(const ApplyArgs<scalar_t, acc_t>& args, ActKind act, const LaunchContext& ctx) {
   const int vec = vector_width<scalar_t>(args.shape, {args.input, args.residual, args.output});
   const Geometry geo = launch_geometry(args.shape, vec, elementwise_target_blocks(ctx.num_sms));
-  dispatch_kernel_variant(act, args.residual != nullptr, false, [&](auto activation, auto res, auto) {
+  dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
     using Act = decltype(activation);
     constexpr bool kRes = decltype(res)::value;
     dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
@@ -147,7 +147,7 @@ void launch_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind act, 
   const int vec = vector_width<scalar_t>(
       args.shape, {args.grad_out, args.saved, args.residual, args.grad_input, args.grad_residual});
   const Geometry geo = launch_geometry(args.shape, vec, elementwise_target_blocks(ctx.num_sms));
-  dispatch_kernel_variant(act, args.residual != nullptr, from_output, [&](auto activation, auto res, auto from_out) {
+  dispatch_backward(act, args.residual != nullptr, from_output, [&](auto activation, auto res, auto from_out) {
     using Act = decltype(activation);
     constexpr bool kRes = decltype(res)::value, kFromOut = decltype(from_out)::value;
     dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
