@@ -8,24 +8,17 @@ namespace pyfusedbn {
 namespace cuda {
 namespace {
 
-// Adds g = grad_out * act'(z) and g * xc of the kVec elements at i into the lanes' sums; the
-// per-channel coefficients were loaded once per thread (one channel per lane, or the same one).
+// Adds g and g * xc (backward_terms) of the kVec elements at i into the lanes' sums.
 template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void add_grad_terms(const ReduceArgs<scalar_t, acc_t>& a, int64_t i,
                                                const RebuildCoefs<acc_t, kVec>& k_c,
                                                SumPair<acc_t> (&acc)[kVec]) {
-  acc_t saved[kVec], dy[kVec], residual[kVec] = {};
-  load_acc<kVec>(a.saved + i, saved);
-  load_acc<kVec>(a.grad_out + i, dy);
-  if constexpr (kResidual) load_acc<kVec>(a.residual + i, residual);
-  const acc_t p = a.activation_param;
+  acc_t g[kVec], xc[kVec];
+  backward_terms<Act, kResidual, kFromOutput>(a, i, k_c, g, xc);
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
-    const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(saved[k], residual[k], k_c.mean[k],
-                                                                              k_c.scale[k], k_c.bias[k], p);
-    const acc_t g = dy[k] * Act::grad(r.z, p);
-    acc[k].g += g;
-    acc[k].g_xc += g * r.xc;
+    acc[k].g += g[k];
+    acc[k].g_xc += g[k] * xc[k];
   }
 }
 
@@ -78,7 +71,8 @@ __global__ void reduce_finalize(const acc_t* ws_g, const acc_t* ws_g_xc, int64_t
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   SumPair<acc_t> acc{0, 0};
   if (c < C) {
-    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y) acc = merge(acc, SumPair<acc_t>{ws_g[p * C + c], ws_g_xc[p * C + c]});
+    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y)
+      acc = merge(acc, SumPair<acc_t>{ws_g[p * C + c], ws_g_xc[p * C + c]});
   }
   acc = merge_over_block(acc, blockDim.x);
   if (threadIdx.y == 0 && c < C) {
@@ -86,8 +80,6 @@ __global__ void reduce_finalize(const acc_t* ws_g, const acc_t* ws_g_xc, int64_t
     sum_g_xc[c] = acc.g_xc;
   }
 }
-
-// About one full wave of 256-thread blocks (8 per SM on sm_80 / sm_90).
 
 }  // namespace
 
@@ -118,7 +110,6 @@ void launch_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKind act
   reduce_finalize<<<ceil_div(C, finalize.x), finalize, 0, ctx.stream>>>(
       ws_g, ws_g_xc, parts, C, args.sum_g, args.sum_g_xc);
 }
-
 
 #define FBN_INSTANTIATE_BACKWARD_REDUCE(scalar_t, acc_t)                                               \
   template void launch_backward_reduce<scalar_t, acc_t>(const ReduceArgs<scalar_t, acc_t>&, ActKind, bool, \

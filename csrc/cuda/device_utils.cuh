@@ -86,6 +86,26 @@ struct RebuildCoefs {
   }
 };
 
+// The backward's first step for the kVec elements at i, shared by its reduce and elementwise
+// passes: g = grad_out * act'(z) and the centred input xc, with z and xc rebuilt from x or
+// (kFromOutput) from y. Args is ReduceArgs or ElemtArgs.
+template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename Args, typename acc_t>
+__device__ __forceinline__ void backward_terms(const Args& a, int64_t i, const RebuildCoefs<acc_t, kVec>& k_c,
+                                               acc_t (&g)[kVec], acc_t (&xc)[kVec]) {
+  acc_t saved[kVec], dy[kVec], residual[kVec] = {};
+  load_acc<kVec>(a.saved + i, saved);
+  load_acc<kVec>(a.grad_out + i, dy);
+  if constexpr (kResidual) load_acc<kVec>(a.residual + i, residual);
+  const acc_t p = a.activation_param;
+#pragma unroll
+  for (int k = 0; k < kVec; ++k) {
+    const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(saved[k], residual[k], k_c.mean[k],
+                                                                              k_c.scale[k], k_c.bias[k], p);
+    g[k] = dy[k] * Act::grad(r.z, p);
+    xc[k] = r.xc;
+  }
+}
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The vector width of a launch: 16 bytes when the contiguous dimension (C for channels_last, the

@@ -46,18 +46,10 @@ struct ElemtCoefs {
 template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void elemt_vector(const ElemtArgs<scalar_t, acc_t>& a, int64_t i,
                                              const ElemtCoefs<acc_t, kVec>& k_c) {
-  acc_t saved[kVec], dy[kVec], residual[kVec] = {}, grad_input[kVec], g[kVec];
-  load_acc<kVec>(a.saved + i, saved);
-  load_acc<kVec>(a.grad_out + i, dy);
-  if constexpr (kResidual) load_acc<kVec>(a.residual + i, residual);
-  const acc_t p = a.activation_param;
+  acc_t g[kVec], xc[kVec], grad_input[kVec];
+  backward_terms<Act, kResidual, kFromOutput>(a, i, k_c.rebuild, g, xc);
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(
-        saved[k], residual[k], k_c.rebuild.mean[k], k_c.rebuild.scale[k], k_c.rebuild.bias[k], p);
-    g[k] = dy[k] * Act::grad(r.z, p);
-    grad_input[k] = g[k] * k_c.g[k] + r.xc * k_c.xc[k] + k_c.constant[k];
-  }
+  for (int k = 0; k < kVec; ++k) grad_input[k] = g[k] * k_c.g[k] + xc[k] * k_c.xc[k] + k_c.constant[k];
   store_acc<kVec>(a.grad_input + i, grad_input);
   if constexpr (kResidual) store_acc<kVec>(a.grad_residual + i, g);
 }

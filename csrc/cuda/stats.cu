@@ -29,6 +29,20 @@ struct LaneWelford {
   __device__ __forceinline__ MeanM2<acc_t> lane(int k) const { return {mean[k], m2[k], count}; }
 };
 
+// Loads the vectors at steps first, first + stride, ... (kUnroll of them, those before end),
+// then adds them: the loads are independent, so they are in flight together.
+template <typename acc_t, int kVec, typename Address>
+__device__ __forceinline__ void add_unrolled(LaneWelford<acc_t, kVec>& acc, int64_t first, int64_t stride,
+                                             int64_t end, Address&& address) {
+  acc_t x[kUnroll][kVec];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (first + u * stride < end) load_acc<kVec>(address(first + u * stride), x[u]);
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (first + u * stride < end) acc.add(x[u]);
+}
+
 template <int kVec, typename scalar_t, typename acc_t>
 __global__ void stats_partials_channels_last(StatsArgs<scalar_t, acc_t> a, acc_t* ws_mean, acc_t* ws_m2,
                                              int64_t* ws_count) {
@@ -38,15 +52,8 @@ __global__ void stats_partials_channels_last(StatsArgs<scalar_t, acc_t> a, acc_t
   LaneWelford<acc_t, kVec> acc;
   if (cv < vectors) {
     const scalar_t* column = a.input + cv * kVec;
-    for (int64_t r0 = part * blockDim.y + threadIdx.y; r0 < rows; r0 += kUnroll * row_stride) {
-      acc_t x[kUnroll][kVec];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (r0 + u * row_stride < rows) load_acc<kVec>(column + (r0 + u * row_stride) * C, x[u]);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (r0 + u * row_stride < rows) acc.add(x[u]);
-    }
+    for (int64_t r0 = part * blockDim.y + threadIdx.y; r0 < rows; r0 += kUnroll * row_stride)
+      add_unrolled(acc, r0, row_stride, rows, [&](int64_t r) { return column + r * C; });
   }
 #pragma unroll
   for (int k = 0; k < kVec; ++k) {
@@ -71,15 +78,8 @@ __global__ void stats_partials_planar(StatsArgs<scalar_t, acc_t> a, acc_t* ws_me
        n += static_cast<int64_t>(gridDim.y) * blockDim.y) {
     const scalar_t* plane = a.input + (n * C + c) * S;
     for (int64_t v0 = blockIdx.z * static_cast<int64_t>(blockDim.x) + threadIdx.x; v0 < vectors;
-         v0 += kUnroll * v_stride) {
-      acc_t x[kUnroll][kVec];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (v0 + u * v_stride < vectors) load_acc<kVec>(plane + (v0 + u * v_stride) * kVec, x[u]);
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u)
-        if (v0 + u * v_stride < vectors) acc.add(x[u]);
-    }
+         v0 += kUnroll * v_stride)
+      add_unrolled(acc, v0, v_stride, vectors, [&](int64_t v) { return plane + v * kVec; });
   }
   MeanM2<acc_t> thread_total = acc.lane(0);
 #pragma unroll
@@ -117,7 +117,6 @@ int64_t reduction_partials(const BnShape& shape, int num_sms) {
   return parts;
 }
 
-
 template <typename scalar_t, typename acc_t>
 void launch_stats(const StatsArgs<scalar_t, acc_t>& args, acc_t* workspace, const LaunchContext& ctx) {
   const BnShape& shape = args.shape;
@@ -140,7 +139,6 @@ void launch_stats(const StatsArgs<scalar_t, acc_t>& args, acc_t* workspace, cons
   stats_finalize<<<ceil_div(C, finalize.x), finalize, 0, ctx.stream>>>(
       ws_mean, ws_m2, ws_count, parts, C, args.mean, args.var);
 }
-
 
 #define FBN_INSTANTIATE_STATS(scalar_t, acc_t) \
   template void launch_stats<scalar_t, acc_t>(const StatsArgs<scalar_t, acc_t>&, acc_t*, const LaunchContext&);
