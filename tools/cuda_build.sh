@@ -13,4 +13,14 @@ cd "$scratch"
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} PYFUSEDBN_CUDA=1 TORCH_CUDA_ARCH_LIST="8.0;9.0" MAX_JOBS=${MAX_JOBS:-2} \
   "$venv/bin/python" setup.py -q build_ext --inplace
 ls -l pyfusedbn/_C*.so
-echo "cuda-build: the CUDA extension built (not run: no GPU needed)"
+# Loading needs no GPU: it resolves every launcher symbol and runs the CUDA registrations.
+"$venv/bin/python" - <<'PY'
+import torch
+import pyfusedbn
+backends = pyfusedbn.backends()
+assert backends == {"cpu": True, "cuda": True}, backends
+x = torch.randn(4, 3, 5, 5, requires_grad=True)
+pyfusedbn.BatchNormAct2d(3)(x).sum().backward()
+print(f"cuda-build: loaded with torch {torch.__version__}: kernels {backends}; CPU forward/backward ran")
+PY
+echo "cuda-build: the CUDA extension built and loads (CUDA kernels not run: no GPU needed)"
