@@ -12,7 +12,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
-	$(PY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja matplotlib
 	touch $@
 
 build: venv
