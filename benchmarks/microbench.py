@@ -170,6 +170,21 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def stage_main(argv, description, add_args, run, json_name, table):
+    """The command line of a benchmark stage (train, study): common and own arguments, run,
+    results to `json_name` under --out, the table printed."""
+    from .results import save_json
+
+    parser = argparse.ArgumentParser(description=description)
+    add_common_args(parser)
+    add_args(parser)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    result = run(args, resolve_device(args.device))
+    save_json(args.out, json_name, result)
+    print(table(result))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

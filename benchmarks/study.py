@@ -159,17 +159,9 @@ def run(args, device) -> Dict:
 
 def main(argv=None) -> None:
     from . import tables
-    from .microbench import add_common_args, resolve_device
-    from .results import save_json
+    from .microbench import stage_main
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common_args(parser)
-    add_args(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = run(args, resolve_device(args.device))
-    save_json(args.out, "study.json", result)
-    print(tables.study_tables(result))
+    stage_main(argv, __doc__.split("\n")[0], add_args, run, "study.json", tables.study_tables)
 
 
 if __name__ == "__main__":
