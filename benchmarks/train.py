@@ -11,7 +11,7 @@ at larger input sizes.
 import argparse
 import copy
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
