@@ -164,31 +164,31 @@ def census(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> SavedTensorCen
     return result
 
 
-def build(args):
+def build(model: str, width: int, residual: bool):
     """(eager model, converted model, description), same weights."""
     torch.manual_seed(0)
-    residual = not args.no_residual
-    if args.model == "convnet":
+    if model == "convnet":
         # The training benchmark's network (make bench): its torch and fused variants.
         eager = ConvNet("torch", "relu", (16, 32, 64), 1, residual, 3, 10)
         fused = ConvNet("fused", "relu", (16, 32, 64), 1, residual, 3, 10)
         fused.load_state_dict(eager.state_dict())
         return eager, fused, f"benchmarks.models.ConvNet(torch vs fused, residual={residual})"
-    eager, source = resnet50(args.width, residual, prefer_torchvision=False)
+    eager, source = resnet50(width, residual, prefer_torchvision=False)
     return eager, pyfusedbn.convert(copy.deepcopy(eager)), source
 
 
-def run(args) -> dict:
-    eager, converted, source = build(args)
+def run(model: str = "resnet50", width: int = 16, batch: int = 8, size: int = 64,
+        residual: bool = True) -> dict:
+    eager, converted, source = build(model, width, residual)
     torch.manual_seed(1)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 10, (batch,))
     results = {}
     for name, model in (("eager", eager), ("converted", converted)):
         c = census(model, x, y)
         results[name] = {"unique_bytes": c.unique_bytes(), "by_op_role": c.by_op_role(),
                          "records": [asdict(r) for r in c.records]}
-    return {"model": source, "batch": args.batch, "size": args.size, "results": results,
+    return {"model": source, "batch": batch, "size": size, "results": results,
             "by_savers": {name: _by_savers(results[name]["records"]) for name in results}}
 
 
@@ -272,7 +272,7 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="print every saved tensor")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    report = run(args)
+    report = run(args.model, args.width, args.batch, args.size, not args.no_residual)
     print_report(report, args.list)
     os.makedirs(args.out, exist_ok=True)
     suffix = "" if not args.no_residual else "_no_residual"
