@@ -54,7 +54,8 @@ CUDA_VENV ?= .venv-cuda
 cuda-build:
 	bash tools/cuda_build.sh $(CUDA_VENV)
 
-# On a GPU machine (its own python3 with a CUDA torch): build, CUDA tests, CUDA microbenchmarks.
+# On a GPU machine (its own python3 with a CUDA torch), in one call: build for this card's arch,
+# CUDA tests, CUDA microbenchmarks, end-to-end benchmark, each under its own timeout (OUT=dir).
 gpu-validate:
 	bash tools/gpu_validate.sh
 

@@ -1,22 +1,76 @@
 #!/usr/bin/env bash
-# GPU validation in one call, on a machine with a CUDA build of torch: build in place, run the
-# CUDA tests, then the CUDA microbenchmarks. Everything lands in $OUT (default
-# benchmarks/results/gpu). Used as: `run` -> `bash tools/gpu_validate.sh`.
+# GPU validation in one call on a machine with a CUDA build of torch (the lent H100/H200: 16
+# cores, no network): build for this card's arch only, then the CUDA tests, the CUDA
+# microbenchmarks and the end-to-end benchmark, each under its own `timeout` and all inside one
+# overall deadline (GPU_VALIDATE_S, default 480 s), so a slow stage eats no other stage's time
+# beyond it. Results land in $OUT (default benchmarks/results/gpu), at most 6 files:
+#   gpu_validate.log   every stage's output, with its exit status and seconds
+#   build.log          the whole compiler output (only its tail goes into gpu_validate.log)
+#   cuda_tests.xml     pytest's junit report of the CUDA tests
+#   microbench.json    the CUDA microbenchmarks (benchmarks.microbench)
+#   e2e.json           ResNet-50 eager/converted/compiled and the memory-saving stack (benchmarks.e2e)
+# Used as: `run` -> `bash tools/gpu_validate.sh` (or `make gpu-validate`). Exit status: the
+# first failing stage's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results/gpu}
 mkdir -p "$out"
+log="$out/gpu_validate.log"
 PY=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv > "$out/device.txt" 2>&1 || true
-if ! MAX_JOBS=${MAX_JOBS:-16} PYFUSEDBN_CUDA=1 "$PY" -m pip install --no-build-isolation --no-deps -e . \
-    > "$out/build.log" 2>&1; then
-  tail -60 "$out/build.log"
-  echo "gpu-validate: build FAILED"
+deadline=$((SECONDS + ${GPU_VALIDATE_S:-480}))
+status=0
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+# stage NAME CAP_S COMMAND...: runs COMMAND under timeout min(CAP_S, time left); its output goes to
+# the log and to stdout (the device tool returns stdout's tail).
+stage() {
+  local name=$1 cap=$2
+  shift 2
+  local left=$((deadline - SECONDS))
+  local limit=$((cap < left ? cap : left))
+  if [ "$limit" -lt 20 ]; then
+    echo "== $name: skipped, ${left} s left of the overall deadline" | tee -a "$log"
+    [ "$status" -ne 0 ] || status=124
+    return
+  fi
+  echo "== $name (timeout ${limit} s): $*" | tee -a "$log"
+  local start=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  echo "== $name: exit ${rc} after $((SECONDS - start)) s$([ $rc -eq 124 ] && echo ' (timed out)')" \
+    | tee -a "$log"
+  [ "$status" -ne 0 ] || status=$rc
+}
+
+{
+  echo "== device"
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv 2>&1
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" 2>&1
+  nvcc --version 2>&1 | tail -n 1
+} > "$log"
+# This card's arch only (e.g. 9.0): a third of the build time of several.
+arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>>"$log")
+echo "== arch ${arch:-unknown}" | tee -a "$log"
+
+start=$SECONDS
+if ! TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} PYFUSEDBN_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} \
+    timeout 300 "$PY" setup.py -q build_ext --inplace > "$out/build.log" 2>&1; then
+  tail -n 60 "$out/build.log" | tee -a "$log"
+  echo "== build: FAILED after $((SECONDS - start)) s" | tee -a "$log"
   exit 1
 fi
-"$PY" -c "import torch, pyfusedbn; print(torch.__version__, pyfusedbn.backends())" | tee "$out/backends.txt"
-"$PY" -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tee "$out/cuda_tests.txt" | tail -40
-tests_rc=${PIPESTATUS[0]}
-"$PY" -m benchmarks.microbench --quick --device cuda --out "$out" --no-progress 2>&1 \
-  | tee "$out/microbench.txt" | tail -80
-exit "$tests_rc"
+echo "== build: done in $((SECONDS - start)) s" | tee -a "$log"
+"$PY" -c "import torch, pyfusedbn; print('backends', pyfusedbn.backends())" 2>&1 | tee -a "$log"
+
+stage cuda-tests 150 "$PY" -m pytest -q -m cuda -n 8 tests -p no:cacheprovider \
+  --junitxml="$out/cuda_tests.xml"
+stage microbench 100 "$PY" -m benchmarks.microbench --quick --device cuda --out "$out" --no-progress
+# --budget-s: rows that would start later are skipped (the compiled ones come last), leaving the
+# timeout's margin for the row already running.
+e2e_cap=220
+e2e_left=$((deadline - SECONDS))
+e2e_budget=$(( (e2e_cap < e2e_left ? e2e_cap : e2e_left) * 2 / 3 ))
+stage e2e "$e2e_cap" "$PY" -m benchmarks.e2e --device cuda --budget-s "$e2e_budget" --out "$out"
+
+echo "== gpu-validate: exit ${status} after ${SECONDS} s" | tee -a "$log"
+exit "$status"
