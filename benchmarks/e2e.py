@@ -204,6 +204,8 @@ def run(args) -> dict:
         save_json(args.out, "e2e.json", report)
         # The step holds the model and its optimizer: free both before the next row's peak.
         del model, step
+        if row["compile"]:  # compiled code and its guards keep the model alive
+            torch._dynamo.reset()
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
