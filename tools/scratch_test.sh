@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:?usage: tools/scratch_test.sh NAME PYTHON [pytest args...]}
-python=$(realpath -m "${2:?usage: tools/scratch_test.sh NAME PYTHON [pytest args...]}")
+python=${2:?usage: tools/scratch_test.sh NAME PYTHON [pytest args...]}
+python=$(cd "$(dirname "$python")" && pwd)/$(basename "$python")  # absolute; a venv's symlink kept
 shift 2
 root=$PWD/build/$name
 mkdir -p "$root"
