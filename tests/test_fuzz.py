@@ -10,7 +10,7 @@ Budget and determinism come from the hypothesis profile (tests/conftest.py): "ci
 """
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import pyfusedbn
@@ -95,6 +95,21 @@ def cases(draw):
     }
 
 
+# Training subtracts the batch mean, rounded to float32, from x: the normalised value carries an
+# error of ~eps * |x| * invstd, the input's magnitude in units of its spread (torch's float32 path
+# alike). A batch whose spread is tiny against its mean (two nearly equal values) loses digits in
+# any float32 implementation: float32 cases are held to the float32 tolerance only while this
+# stays below MAX_CANCELLATION (at most ~20 * eps * |w| * act' ~ 4e-6 of error), the lost digits
+# being float32's, not a kernel's. test_numerics checks large means with a sound spread.
+MAX_CANCELLATION = 20
+
+
+def cancellation(x):
+    x64 = x.detach().cpu().double().movedim(1, 0).flatten(1)
+    var, _ = torch.var_mean(x64, dim=1, unbiased=False)
+    return (x64.abs().amax(dim=1) * torch.rsqrt(var + 1e-5)).max().item()
+
+
 def _spatial(shape):
     total = 1
     for size in shape[2:]:
@@ -143,6 +158,8 @@ def check(case, device):
     for step in range(case["steps"]):
         where = f"step {step} of {case}"
         x = lay_out(values(mean=1.0), case["layout"], case["offset"]).requires_grad_()
+        if case["training"] and dtype == torch.float32:
+            assume(cancellation(x) <= MAX_CANCELLATION)
         residual = None
         if case["residual"] is not None:
             residual = lay_out(values(), case["residual"], case["offset"]).requires_grad_()
