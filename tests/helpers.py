@@ -86,8 +86,9 @@ def reference_batch_norm_act(x, running_mean, running_var, weight, bias, trainin
     return torch_activation(activation, activation_param)(z)
 
 
-def assert_close(name, actual, expected, tol):
-    """Compares with absolute tolerance tol * max(1, max|expected|); says which tensor and where."""
+def assert_close(name, actual, expected, tol, scale=0.0):
+    """Compares with absolute tolerance tol * max(1, max|expected|, scale); says which tensor and
+    where. scale: the magnitude of the terms a result cancels from, where it exceeds the result's."""
     assert actual is not None and expected is not None, f"{name}: missing ({actual}, {expected})"
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     a = actual.detach().cpu().to(torch.float64)
@@ -97,7 +98,7 @@ def assert_close(name, actual, expected, tol):
     a, e = a[~nan_e], e[~nan_e]
     if a.numel() == 0:
         return
-    limit = tol * max(1.0, e.abs().max().item())
+    limit = tol * max(1.0, e.abs().max().item(), scale)
     diff = (a - e).abs()
     worst = diff.argmax().item()
     assert diff.max().item() <= limit, (
