@@ -26,9 +26,11 @@ CFLAGS="$flags" LDFLAGS="$flags" PYFUSEDBN_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
   "$python" setup.py -q build_ext --inplace >build.log 2>&1 || { cat build.log; exit 1; }
 if [ "${SANITIZE:-0}" = 1 ]; then
   # Python and torch are not instrumented: the ASan runtime must be loaded first (LD_PRELOAD),
-  # Python's own allocations are not leak-checked, and memory may be allocated by uninstrumented
-  # code and freed by ours (or the reverse) through operators ASan cannot pair.
-  export LD_PRELOAD=$(g++ -print-file-name=libasan.so)
+  # with libstdc++ (python does not link it; ASan's __cxa_throw interceptor needs the real one at
+  # start-up, or every C++ exception aborts), Python's own allocations are not leak-checked, and
+  # memory may be allocated by uninstrumented code and freed by ours (or the reverse) through
+  # operators ASan cannot pair.
+  export LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libstdc++.so)"
   export ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1
   export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 fi
@@ -41,4 +43,5 @@ assert os.path.dirname(c.__file__).startswith(os.environ["PYTHONPATH"]), (
     f"loaded {c.__file__}, not this build")
 print(f"{c.__file__} (torch {torch.__version__})")
 PY
-"$python" -m pytest -p no:cacheprovider "$@"
+# --capture=sys: a sanitizer report (written to file descriptor 2) reaches the log.
+"$python" -m pytest -p no:cacheprovider --capture=sys "$@"
