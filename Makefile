@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
+.PHONY: venv build test test-sanitize test-lowest-torch test-huge bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23" "setuptools>=64" wheel
-	$(PY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja matplotlib
+	$(PY) -m pip install -q torch==$(TORCH_VERSION) numpy pytest ninja matplotlib hypothesis
 	touch $@
 
 build: venv
@@ -20,6 +20,26 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# The bad-input and edge-case tests (and the fuzzer's CI budget) on a build with AddressSanitizer
+# + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build is left alone).
+SANITIZE_TESTS ?= tests/test_errors.py tests/test_numerics.py tests/test_fuzz.py
+test-sanitize: venv
+	SANITIZE=1 bash tools/scratch_test.sh sanitize $(PY) -q $(SANITIZE_TESTS)
+
+# The lowest torch pyproject.toml supports, in its own venv and build directory: the CPU suite
+# less its long tail (the full matrix runs on TORCH_VERSION in `make test`).
+LOW_TORCH_VERSION ?= 2.11.0
+LOW_VENV ?= .venv-torch$(LOW_TORCH_VERSION)
+LOW_TORCH_TESTS ?= -m "not slow" -k "not test_every_activation_layout_dtype and not test_benchmarks_smoke"
+test-lowest-torch:
+	$(MAKE) venv VENV=$(LOW_VENV) TORCH_VERSION=$(LOW_TORCH_VERSION)
+	bash tools/scratch_test.sh torch-$(LOW_TORCH_VERSION) $(LOW_VENV)/bin/python -q tests $(LOW_TORCH_TESTS)
+
+# More than 2^31 elements (tests/test_huge.py): ~14 GiB of memory; it skips, saying why, when
+# less is free. CI runs it last, alone.
+test-huge: build
+	PYFUSEDBN_HUGE_TESTS=1 $(PY) -m pytest -q -rs tests/test_huge.py
 
 # Benchmarks (benchmarks/run.py): plots, progress bars and pytest-benchmark on top of the venv.
 DATA_DIR ?= /usr/share/datasets/fashion-mnist

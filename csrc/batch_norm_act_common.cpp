@@ -12,7 +12,9 @@ ActKind parse_activation(const std::string& name) {
   }
   std::string valid;
   for (int i = 0; i < kNumActivations; ++i) valid += (i ? ", " : "") + std::string(kActivationNames[i]);
-  TORCH_CHECK_VALUE(false, "pyfusedbn: unknown activation '", name, "'; expected one of: ", valid);
+  // A throw statement, not TORCH_CHECK_VALUE(false, ...): no path falls off the end of this
+  // non-void function, whatever a compiler makes of the macro's condition.
+  C10_THROW_ERROR(ValueError, c10::str("pyfusedbn: unknown activation '", name, "'; expected one of: ", valid));
 }
 
 static void check_input(const Tensor& input, const char* op) {

@@ -15,7 +15,7 @@ void count_kernel_call(KernelDevice device) {
 int64_t kernel_calls(const std::string& device) {
   if (device == "cpu") return g_calls[0].load();
   if (device == "cuda") return g_calls[1].load();
-  TORCH_CHECK_VALUE(false, "kernel_calls: device must be 'cpu' or 'cuda', got '", device, "'");
+  C10_THROW_ERROR(ValueError, c10::str("kernel_calls: device must be 'cpu' or 'cuda', got '", device, "'"));
 }
 
 }  // namespace pyfusedbn

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 import pyfusedbn
+from clean_exit import exit_after_clean_finish
 
 
 class Block(nn.Module):
@@ -94,11 +95,13 @@ def main():
     bn = model.module[1]
     gathered = [torch.empty_like(bn.running_mean) for _ in range(world_size)]
     dist.all_gather(gathered, bn.running_mean)
+    same = all(torch.equal(gathered[0], g) for g in gathered)
     if rank == 0:
-        same = all(torch.equal(gathered[0], g) for g in gathered)
         print(f"running statistics identical on all ranks: {same}")
-    dist.destroy_process_group()
+    if not same:
+        raise RuntimeError("running statistics differ between ranks")
 
 
 if __name__ == "__main__":
     main()
+    exit_after_clean_finish()  # only reached when training finished and was checked

@@ -112,7 +112,8 @@ def step(model, x, seed=1):
     the input's gradient, and every parameter's gradient and buffer by name."""
     x = x.detach().clone().requires_grad_()
     out = model(x)
-    projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    # Drawn on the CPU (the same numbers on every device), then moved to the output's device.
+    projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device)
     (out.float() * projection).sum().backward()
     state = {"output": out, "input.grad": x.grad}
     model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper: the names inside

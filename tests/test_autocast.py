@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import pyfusedbn
 from example_models import MODELS, assert_same_state, seeded, step
-from helpers import TOLERANCE
+from helpers import TOLERANCE, assert_as_accurate_as
 
 # (device, dtype) pairs: CPU bfloat16 always; CUDA float16 and bfloat16 where there is a GPU.
 CUDA = torch.cuda.is_available() and pyfusedbn.backends()["cuda"]
@@ -31,13 +31,9 @@ def assert_as_accurate(actual, expected, truth, dtype):
     ones for torch itself (10-20% here: BatchNorm's backward cancels); the fused model must be as
     close to float32 as torch is: error <= 2 * torch's error + dtype's tolerance."""
     for name, value in truth.items():
-        if value is None:
-            continue
-        scale = max(1.0, value.abs().max().item())
-        error = (actual[name].double() - value.double()).abs().max().item()
-        torch_error = (expected[name].double() - value.double()).abs().max().item()
-        assert error <= 2 * torch_error + TOLERANCE[dtype] * scale, (
-            f"{name}: error {error:.3g} vs float32, torch's under autocast {torch_error:.3g}")
+        if value is not None:
+            assert_as_accurate_as(f"{name} vs float32", actual[name], expected[name], value,
+                                  TOLERANCE[dtype], factor=2)
 
 
 def autocast_steps(model, reference, x, device, dtype, direct):

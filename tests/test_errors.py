@@ -1,5 +1,8 @@
 """Bad input: a clear ValueError/TypeError/RuntimeError naming the argument, never a crash."""
 import math
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -61,6 +64,13 @@ CASES = [
     ("op: grad_out shape", lambda: ops.batch_norm_act_backward_elemt(
         X[:2], X, torch.zeros(C), torch.ones(C), None, None, None, None, None, "relu", 0.0), ValueError,
      ["grad_out", "shape"]),
+    # Issue 12: a module given an input with another channel count (this crashed one build).
+    ("module channel mismatch", lambda: pyfusedbn.BatchNormAct2d(C)(torch.randn(2, C + 1, 3, 3)),
+     ValueError, ["weight", "5 values", "[2, 5, 3, 3]", "[4]"]),
+    ("module channel mismatch, eval", lambda: pyfusedbn.BatchNormAct2d(C).eval()(torch.randn(2, C + 1, 3, 3)),
+     ValueError, ["running_mean", "5 values"]),
+    ("module channel mismatch, no affine", lambda: pyfusedbn.BatchNormAct1d(C, affine=False)(
+        torch.randn(6, C - 1)), ValueError, ["running_mean", "3 values"]),
     ("op: only one running stat", lambda: ops.batch_norm_act_train(
         X, None, None, None, torch.zeros(C), None, 0.1, 1e-5, "relu", 0.0), ValueError,
      ["running_mean and running_var"]),
@@ -88,3 +98,22 @@ def test_module_rank_errors_match_torch(module, shape, words):
 def test_module_rejects_unknown_activation_at_construction():
     with pytest.raises(ValueError, match="activation must be one of"):
         pyfusedbn.BatchNormAct2d(C, activation="ReLU")
+
+
+def test_channel_mismatch_does_not_crash_the_process():
+    """The issue-12 reproduction in a fresh interpreter: a crash (SIGSEGV) there fails this test
+    with its faulthandler trace instead of killing the test run."""
+    script = textwrap.dedent("""
+        import faulthandler, torch, pyfusedbn
+        faulthandler.enable()
+        for module in (pyfusedbn.BatchNormAct2d(4), pyfusedbn.BatchNormAct2d(4).eval()):
+            try:
+                module(torch.randn(2, 5, 3, 3))
+            except ValueError as e:
+                print("ValueError:", str(e).splitlines()[0])
+            else:
+                raise SystemExit("no error")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"exit status {result.returncode}:\n{result.stdout}{result.stderr}"
+    assert result.stdout.count("ValueError:") == 2, result.stdout

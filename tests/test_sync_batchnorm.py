@@ -20,6 +20,10 @@ from helpers import TOLERANCE, assert_close, random_input
 import pyfusedbn
 from pyfusedbn import sync_batchnorm
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "examples"))
+from clean_exit import exit_after_clean_finish  # noqa: E402  (examples/ is not a package)
+
 TOL = TOLERANCE[torch.float64]
 JOIN_TIMEOUT_S = 120
 
@@ -152,8 +156,10 @@ def _worker(rank, world_size, init_file, out_dir):
                 eval_out = module(data["x"][STEPS][rows], None if r is None else r[rows])
             results.append({"steps": steps, "eval_out": eval_out})
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    exit_after_clean_finish()  # its results are saved: leave without gloo's teardown race
 
 
 def _spawn(world_size, tmp_path):
@@ -325,10 +331,9 @@ def test_convert_sync_batchnorm():
 
 def test_ddp_example_trains():
     """examples/ddp_train.py under torchrun with 2 gloo processes (--standalone: a free port)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         os.path.join(root, "examples", "ddp_train.py"), "--steps", "4"],
+         os.path.join(ROOT, "examples", "ddp_train.py"), "--steps", "4"],
         capture_output=True, text=True, timeout=JOIN_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "5 SyncBatchNormAct layers" in result.stdout, result.stdout
