@@ -194,7 +194,13 @@ def test_large_tensor(memory_format, generator):
     y.backward(dy)
     x64 = x.detach().double().requires_grad_()
     reference_batch_norm_act(x64, None, None, None, None, True, 0.1, 1e-5, "relu", None).backward(dy.double())
-    assert_close("grad input", x.grad, x64.grad, TOLERANCE[torch.float32])
+    # Of these 51M values a few dozen sit within float32 rounding of relu's kink (seed 0: 41 with
+    # |z| < 1e-6, one at z = 3e-8 where a mean one ulp off gives x - mean = 0 and relu'(0) = 0):
+    # which side they take is rounding, not a defect, so they are compared with the rest away
+    # from the kink. (This is what a GPU run reported as a wrong channels_last gradient.)
+    z_ref = (x64.detach() - mean_ref[:, None, None]) * (var_ref[:, None, None] + 1e-5).rsqrt()
+    keep = away_from_kinks("relu", z_ref, torch.float32)
+    assert_close("grad input (away from the kink)", x.grad[keep], x64.grad[keep], TOLERANCE[torch.float32])
 
 
 def test_kernels_ran_on_the_gpu():
