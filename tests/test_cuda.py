@@ -199,7 +199,13 @@ def test_large_tensor(memory_format, generator):
     y.backward(dy)
     x64 = x.detach().double().requires_grad_()
     reference_batch_norm_act(x64, None, None, None, None, True, 0.1, 1e-5, "relu", None).backward(dy.double())
-    assert_close("grad input", x.grad, x64.grad, TOLERANCE[torch.float32])
+    # Of these 51M values a few dozen sit within float32 rounding of relu's kink (seed 0: 41 with
+    # |z| < 1e-6, one at z = 3e-8 where a mean one ulp off gives x - mean = 0 and relu'(0) = 0):
+    # which side they take is rounding, not a defect, so they are compared with the rest away
+    # from the kink. (This is what a GPU run reported as a wrong channels_last gradient.)
+    z_ref = (x64.detach() - mean_ref[:, None, None]) * (var_ref[:, None, None] + 1e-5).rsqrt()
+    keep = away_from_kinks("relu", z_ref, torch.float32)
+    assert_close("grad input (away from the kink)", x.grad[keep], x64.grad[keep], TOLERANCE[torch.float32])
 
 
 def test_kernels_ran_on_the_gpu():
@@ -275,3 +281,37 @@ def test_opcheck_from_output(generator):
         args = sample_args(name, torch.float32, NHWC, True, generator)
         args = tuple(a.cuda() if isinstance(a, torch.Tensor) else a for a in args[:-2]) + ("elu", 1.0)
         torch.library.opcheck(getattr(ops, name).default, args, {"from_output": True})
+
+
+# ResNet-50's deep layers (and one wide one) at a small batch, both layouts: the planar kernels
+# walk a channel's (sample, plane vector) items with a carry (7x7 = 49 values: scalar accesses,
+# items crossing plane boundaries inside a warp), 14x14 = 196 bfloat16 values take the 8-byte
+# vector path, 2048 channels in channels_last span 8-16 column blocks. silu and gelu have no
+# kink, so every element is compared (see test_large_tensor for relu at scale).
+DEEP_SHAPES = [(8, 2048, 7, 7), (8, 1024, 14, 14), (4, 512, 28, 28), (2, 64, 112, 112)]
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION, ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS.values(), ids=FORMATS.keys())
+@pytest.mark.parametrize("shape", DEEP_SHAPES, ids=["x".join(map(str, s)) for s in DEEP_SHAPES])
+@pytest.mark.parametrize("activation,residual", [("silu", True), ("gelu", False)])
+def test_deep_layer_shapes(shape, memory_format, dtype, activation, residual, generator, poison_empty):
+    module = make_module(len(shape), shape[1], dtype, generator, device="cuda", activation=activation)
+    run_steps(module, len(shape), shape, memory_format, dtype, activation, None, residual, generator,
+              training_steps=1, device="cuda")
+
+
+@pytest.mark.parametrize("memory_format", FORMATS.values(), ids=FORMATS.keys())
+def test_deep_layer_misaligned_matches_aligned(memory_format, generator):
+    """The 8-byte bfloat16 path (14x14 planes) and its scalar fallback for a misaligned view give
+    the same results."""
+    x = random_input((4, 64, 14, 14), torch.bfloat16, memory_format, generator).cuda()
+    dy = random_input(x.shape, torch.bfloat16, memory_format, generator, mean=0.0).cuda()
+    results = []
+    for make in (lambda t: t.clone(), lambda t: misaligned(t, memory_format)):
+        xi = make(x).requires_grad_()
+        y = pyfusedbn.batch_norm_act(xi, None, None, training=True, activation="silu")
+        y.backward(make(dy))
+        results.append((y, xi.grad))
+    for name, got, want in zip(("output", "grad input"), results[1], results[0]):
+        assert_close(name, got, want, TOLERANCE[torch.bfloat16])

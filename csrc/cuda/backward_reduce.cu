@@ -1,78 +1,56 @@
 // The backward's per-channel sums on the GPU: sum(g) and sum(g * xc) with g = grad_out *
 // act'(z), the pre-activation z rebuilt from the input or (from_output) from the output. Each
 // thread keeps one pair of sums per lane of its kVec-wide loads; blocks write partials that a
-// finalize kernel adds in a fixed order (block_merge.cuh).
+// finalize kernel adds in a fixed order (block_merge.cuh; index math: launch_geometry.h).
 #include "block_merge.cuh"
 
 namespace pyfusedbn {
 namespace cuda {
 namespace {
 
-// Adds g and g * xc (backward_terms) of the kVec elements at i into the lanes' sums.
-template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void add_grad_terms(const ReduceArgs<scalar_t, acc_t>& a, int64_t i,
-                                               const RebuildCoefs<acc_t, kVec>& k_c,
-                                               SumPair<acc_t> (&acc)[kVec]) {
-  acc_t g[kVec], xc[kVec];
-  backward_terms<Act, kResidual, kFromOutput>(a, i, k_c, g, xc);
-#pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    acc[k].g += g[k];
-    acc[k].g_xc += g[k] * xc[k];
-  }
-}
-
-template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename scalar_t, typename acc_t>
-__global__ void reduce_partials_channels_last(ReduceArgs<scalar_t, acc_t> a, acc_t* ws_g, acc_t* ws_g_xc) {
-  const int64_t C = a.shape.channels, rows = a.shape.reduce_size(), vectors = C / kVec;
-  const int64_t cv = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x, part = blockIdx.y;
+template <typename Act, bool kResidual, bool kFromOutput, bool kChannelsLast, int kVec, typename scalar_t,
+          typename acc_t>
+__global__ void reduce_partials(ReduceArgs<scalar_t, acc_t> a, acc_t* ws_g, acc_t* ws_g_xc) {
+  constexpr int kUnroll = unroll_for(kVec * sizeof(scalar_t), kReduceStreams + kResidual);
+  constexpr int kLanes = kCoefLanes<kChannelsLast, kVec>;
+  const BnShape shape = compiled_layout<kChannelsLast>(a.shape);
+  const ThreadIndex t = this_thread();
+  const ThreadWalk w = thread_walk(shape, kVec, t);
   SumPair<acc_t> acc[kVec] = {};
-  if (cv < vectors) {
-    const auto coefs = RebuildCoefs<acc_t, kVec>::channels(a.mean, a.scale, a.bias, cv * kVec);
-    for (int64_t r = part * blockDim.y + threadIdx.y; r < rows; r += static_cast<int64_t>(gridDim.y) * blockDim.y)
-      add_grad_terms<Act, kResidual, kFromOutput>(a, r * C + cv * kVec, coefs, acc);
-  }
+  if (w.active) {
+    const auto coefs = RebuildCoefs<acc_t, kLanes>::load(a.mean, a.scale, a.bias, lane_channel(shape, w, kVec, 0));
+    walk_backward_terms<Act, kResidual, kFromOutput, kVec, kUnroll>(
+        a, shape, w, coefs, [&](int64_t, const acc_t (&g)[kVec], const acc_t (&xc)[kVec]) {
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const SumPair<acc_t> merged = merge_over_block(acc[k], blockDim.x);
-    if (threadIdx.y == 0 && cv < vectors) {
-      ws_g[part * C + cv * kVec + k] = merged.g;
-      ws_g_xc[part * C + cv * kVec + k] = merged.g_xc;
-    }
+          for (int k = 0; k < kVec; ++k) {
+            acc[k].g += g[k];
+            acc[k].g_xc += g[k] * xc[k];
+          }
+        });
   }
-}
-
-template <typename Act, bool kResidual, bool kFromOutput, int kVec, typename scalar_t, typename acc_t>
-__global__ void reduce_partials_planar(ReduceArgs<scalar_t, acc_t> a, acc_t* ws_g, acc_t* ws_g_xc) {
-  const int64_t C = a.shape.channels, S = a.shape.spatial, N = a.shape.batch, vectors = S / kVec;
-  const int64_t c = blockIdx.x, part = blockIdx.z * gridDim.y + blockIdx.y;
-  const auto coefs = RebuildCoefs<acc_t, kVec>::one_channel(a.mean, a.scale, a.bias, c);
-  SumPair<acc_t> acc[kVec] = {};
-  for (int64_t n = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; n < N;
-       n += static_cast<int64_t>(gridDim.y) * blockDim.y) {
-    const int64_t plane = (n * C + c) * S;
-    for (int64_t v = blockIdx.z * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < vectors;
-         v += static_cast<int64_t>(gridDim.z) * blockDim.x)
-      add_grad_terms<Act, kResidual, kFromOutput>(a, plane + v * kVec, coefs, acc);
-  }
-  SumPair<acc_t> thread_total = acc[0];
+  SumPair<acc_t> lanes[kLanes];
 #pragma unroll
-  for (int k = 1; k < kVec; ++k) thread_total = merge(thread_total, acc[k]);
-  const SumPair<acc_t> merged = merge_over_block(thread_total, 1);
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    ws_g[part * C + c] = merged.g;
-    ws_g_xc[part * C + c] = merged.g_xc;
+  for (int k = 0; k < kLanes; ++k) lanes[k] = acc[k];
+  if constexpr (kLanes == 1) {  // planar: the lanes are positions of one channel
+#pragma unroll
+    for (int k = 1; k < kVec; ++k) lanes[0] = merge(lanes[0], acc[k]);
   }
+  merge_and_write_partials(shape, t, w, lanes, [&](int64_t slot, const SumPair<acc_t>& merged) {
+    ws_g[slot] = merged.g;
+    ws_g_xc[slot] = merged.g_xc;
+  });
 }
 
 template <typename acc_t>
 __global__ void reduce_finalize(const acc_t* ws_g, const acc_t* ws_g_xc, int64_t parts, int64_t C,
                                 acc_t* sum_g, acc_t* sum_g_xc) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t c = finalize_channel(blockIdx.x, blockDim.x, threadIdx.x);
   SumPair<acc_t> acc{0, 0};
   if (c < C) {
-    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y)
-      acc = merge(acc, SumPair<acc_t>{ws_g[p * C + c], ws_g_xc[p * C + c]});
+    for_each_part(parts, threadIdx.y, blockDim.y, [&](int64_t p) {
+      const int64_t slot = partial_slot(p, c, C);
+      acc = merge(acc, SumPair<acc_t>{ws_g[slot], ws_g_xc[slot]});
+    });
   }
   acc = merge_over_block(acc, blockDim.x);
   if (threadIdx.y == 0 && c < C) {
@@ -89,26 +67,21 @@ void launch_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKind act
   const BnShape& shape = args.shape;
   const int64_t C = shape.channels;
   const int vec = vector_width<scalar_t>(shape, {args.grad_out, args.saved, args.residual});
-  const Geometry geo = launch_geometry(shape, vec, reduction_target_blocks(ctx.num_sms));
-  const int64_t parts = geo.parts();
-  acc_t* ws_g = workspace;
-  acc_t* ws_g_xc = workspace + parts * C;
+  int64_t parts = 1;
   dispatch_backward(act, args.residual != nullptr, from_output, [&](auto activation, auto res, auto from_out) {
-    using Act = decltype(activation);
-    constexpr bool kRes = decltype(res)::value, kFromOut = decltype(from_out)::value;
-    dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
-      constexpr int kVec = decltype(vec_width)::value;
-      if (shape.channels_last)
-        reduce_partials_channels_last<Act, kRes, kFromOut, kVec><<<geo.grid, geo.block, 0, ctx.stream>>>(
-            args, ws_g, ws_g_xc);
-      else
-        reduce_partials_planar<Act, kRes, kFromOut, kVec><<<geo.grid, geo.block, 0, ctx.stream>>>(
-            args, ws_g, ws_g_xc);
+    dispatch_layout(shape, [&](auto layout) {
+      dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
+        const auto kernel = reduce_partials<decltype(activation), decltype(res)::value, decltype(from_out)::value,
+                                            decltype(layout)::value, decltype(vec_width)::value, scalar_t, acc_t>;
+        static const int blocks_per_sm = resident_blocks_per_sm(kernel);
+        const Geometry geo = launch_geometry(shape, vec, reduction_target_blocks(ctx.num_sms, blocks_per_sm));
+        parts = geo.parts();
+        kernel<<<grid_dims(geo), block_dims(geo), 0, ctx.stream>>>(args, workspace, workspace + parts * C);
+      });
     });
   });
-  const dim3 finalize = finalize_block(C);
-  reduce_finalize<<<ceil_div(C, finalize.x), finalize, 0, ctx.stream>>>(
-      ws_g, ws_g_xc, parts, C, args.sum_g, args.sum_g_xc);
+  reduce_finalize<<<finalize_grid(C), finalize_block(C), 0, ctx.stream>>>(
+      workspace, workspace + parts * C, parts, C, args.sum_g, args.sum_g_xc);
 }
 
 #define FBN_INSTANTIATE_BACKWARD_REDUCE(scalar_t, acc_t)                                               \

@@ -12,10 +12,6 @@
 namespace pyfusedbn {
 namespace cuda {
 
-// Rows (channels_last) or vectors (planar) each thread loads before accumulating any of them:
-// independent loads in flight hide memory latency (Welford's updates form a dependent chain).
-constexpr int kUnroll = 4;
-
 template <typename acc_t>
 struct SumPair {
   acc_t g;
@@ -65,15 +61,29 @@ __device__ T merge_over_block(T value, int width) {
 }
 
 
-// Finalize: block (bx, by) = (channels, partials): each thread merges every by-th partial of
-// its channel, then the block merges over y. Reads of one partial are coalesced along C.
-inline dim3 finalize_block(int64_t C) {
-  const int bx = pow2_at_least(C, 32);
-  return dim3(bx, kBlockThreads / bx);
+// A reduction kernel's end: each thread holds one value per lane (kLanes: kVec channels in
+// channels_last, its one channel in planar); the block merges them (merge_width threads per
+// channel) and the writing threads store them at partial_slot(part, channel) through
+// write(slot, value). Every thread of the block must call it (block-wide barriers).
+template <int kLanes, typename T, typename Write>
+__device__ __forceinline__ void merge_and_write_partials(const BnShape& shape, const ThreadIndex& t,
+                                                         const ThreadWalk& w, const T (&lanes)[kLanes],
+                                                         Write&& write) {
+  const int width = merge_width(shape, t);
+  const bool writer = writes_partials(shape, t, w);
+#pragma unroll
+  for (int k = 0; k < kLanes; ++k) {
+    const T merged = merge_over_block(lanes[k], width);
+    if (writer) write(partial_slot(t.block_y, lane_channel(shape, w, kLanes, k), shape.channels), merged);
+  }
 }
 
-// About one full wave of 256-thread blocks (8 per SM on sm_80 / sm_90).
-inline int64_t reduction_target_blocks(int num_sms) { return 8 * static_cast<int64_t>(std::max(num_sms, 1)); }
+// Finalize launch: block (channels, parts), coalesced along C (launch_geometry.h's for_each_part).
+inline dim3 finalize_block(int64_t C) {
+  const int bx = finalize_block_x(C);
+  return dim3(bx, kBlockThreads / bx);
+}
+inline unsigned finalize_grid(int64_t C) { return static_cast<unsigned>(ceil_div(C, finalize_block_x(C))); }
 
 }  // namespace cuda
 }  // namespace pyfusedbn

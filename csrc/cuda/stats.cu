@@ -1,7 +1,8 @@
 // Batch statistics on the GPU: per-channel mean and biased variance. Welford per thread (one
 // accumulator per lane of its kVec-wide loads: kVec channels in channels_last, kVec positions
 // of one channel in planar, merged before the block merge), Chan merges between threads and
-// between the blocks' partials (block_merge.cuh).
+// between the blocks' partials (block_merge.cuh). Which items a thread visits and where its
+// partial goes: launch_geometry.h.
 #include "block_merge.cuh"
 
 namespace pyfusedbn {
@@ -16,90 +17,64 @@ struct LaneWelford {
   acc_t m2[kVec] = {};
   int64_t count = 0;
 
-  __device__ __forceinline__ void add(const acc_t (&x)[kVec]) {
+  template <typename scalar_t>
+  __device__ __forceinline__ void add(const Vec<scalar_t, kVec>& loaded) {
     ++count;
     const acc_t inv_count = acc_t(1) / static_cast<acc_t>(count);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) {
-      const acc_t delta = x[k] - mean[k];
+      const acc_t x = to_acc<acc_t>(loaded.v[k]);
+      const acc_t delta = x - mean[k];
       mean[k] += delta * inv_count;
-      m2[k] += delta * (x[k] - mean[k]);
+      m2[k] += delta * (x - mean[k]);
     }
   }
   __device__ __forceinline__ MeanM2<acc_t> lane(int k) const { return {mean[k], m2[k], count}; }
 };
 
-// Loads the vectors at steps first, first + stride, ... (kUnroll of them, those before end),
-// then adds them: the loads are independent, so they are in flight together.
-template <typename acc_t, int kVec, typename Address>
-__device__ __forceinline__ void add_unrolled(LaneWelford<acc_t, kVec>& acc, int64_t first, int64_t stride,
-                                             int64_t end, Address&& address) {
-  acc_t x[kUnroll][kVec];
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
-    if (first + u * stride < end) load_acc<kVec>(address(first + u * stride), x[u]);
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
-    if (first + u * stride < end) acc.add(x[u]);
-}
-
-template <int kVec, typename scalar_t, typename acc_t>
-__global__ void stats_partials_channels_last(StatsArgs<scalar_t, acc_t> a, acc_t* ws_mean, acc_t* ws_m2,
-                                             int64_t* ws_count) {
-  const int64_t C = a.shape.channels, rows = a.shape.reduce_size(), vectors = C / kVec;
-  const int64_t cv = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const int64_t part = blockIdx.y, row_stride = static_cast<int64_t>(gridDim.y) * blockDim.y;
+// Welford over the thread's items (kUnroll loads in flight before the dependent updates),
+// then merged per channel over the block into the partial slots.
+template <bool kChannelsLast, int kVec, typename scalar_t, typename acc_t>
+__global__ void stats_partials(StatsArgs<scalar_t, acc_t> a, acc_t* ws_mean, acc_t* ws_m2, int64_t* ws_count) {
+  constexpr int kUnroll = unroll_for(kVec * sizeof(scalar_t), kStatsStreams);
+  constexpr int kLanes = kCoefLanes<kChannelsLast, kVec>;
+  const BnShape shape = compiled_layout<kChannelsLast>(a.shape);
+  const ThreadIndex t = this_thread();
+  const ThreadWalk w = thread_walk(shape, kVec, t);
   LaneWelford<acc_t, kVec> acc;
-  if (cv < vectors) {
-    const scalar_t* column = a.input + cv * kVec;
-    for (int64_t r0 = part * blockDim.y + threadIdx.y; r0 < rows; r0 += kUnroll * row_stride)
-      add_unrolled(acc, r0, row_stride, rows, [&](int64_t r) { return column + r * C; });
-  }
+  walk_items<kVec, kUnroll>(shape, w, [&](const int64_t (&offsets)[kUnroll], int count) {
+    Vec<scalar_t, kVec> x[kUnroll];
 #pragma unroll
-  for (int k = 0; k < kVec; ++k) {
-    const MeanM2<acc_t> merged = merge_over_block(acc.lane(k), blockDim.x);
-    if (threadIdx.y == 0 && cv < vectors) {
-      const int64_t at = part * C + cv * kVec + k;
-      ws_mean[at] = merged.mean;
-      ws_m2[at] = merged.m2;
-      ws_count[at] = merged.count;
-    }
-  }
-}
-
-template <int kVec, typename scalar_t, typename acc_t>
-__global__ void stats_partials_planar(StatsArgs<scalar_t, acc_t> a, acc_t* ws_mean, acc_t* ws_m2,
-                                      int64_t* ws_count) {
-  const int64_t C = a.shape.channels, S = a.shape.spatial, N = a.shape.batch, vectors = S / kVec;
-  const int64_t c = blockIdx.x, part = blockIdx.z * gridDim.y + blockIdx.y;
-  const int64_t v_stride = static_cast<int64_t>(gridDim.z) * blockDim.x;
-  LaneWelford<acc_t, kVec> acc;
-  for (int64_t n = blockIdx.y * static_cast<int64_t>(blockDim.y) + threadIdx.y; n < N;
-       n += static_cast<int64_t>(gridDim.y) * blockDim.y) {
-    const scalar_t* plane = a.input + (n * C + c) * S;
-    for (int64_t v0 = blockIdx.z * static_cast<int64_t>(blockDim.x) + threadIdx.x; v0 < vectors;
-         v0 += kUnroll * v_stride)
-      add_unrolled(acc, v0, v_stride, vectors, [&](int64_t v) { return plane + v * kVec; });
-  }
-  MeanM2<acc_t> thread_total = acc.lane(0);
+    for (int u = 0; u < kUnroll; ++u)
+      if (u < count) x[u] = load_vec<kVec>(a.input + offsets[u]);
 #pragma unroll
-  for (int k = 1; k < kVec; ++k) thread_total = chan_merge(thread_total, acc.lane(k));
-  const MeanM2<acc_t> merged = merge_over_block(thread_total, 1);
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    ws_mean[part * C + c] = merged.mean;
-    ws_m2[part * C + c] = merged.m2;
-    ws_count[part * C + c] = merged.count;
+    for (int u = 0; u < kUnroll; ++u)
+      if (u < count) acc.add(x[u]);
+  });
+  MeanM2<acc_t> lanes[kLanes];
+#pragma unroll
+  for (int k = 0; k < kLanes; ++k) lanes[k] = acc.lane(k);
+  if constexpr (kLanes == 1) {  // planar: the lanes are positions of one channel
+#pragma unroll
+    for (int k = 1; k < kVec; ++k) lanes[0] = chan_merge(lanes[0], acc.lane(k));
   }
+  merge_and_write_partials(shape, t, w, lanes, [&](int64_t slot, const MeanM2<acc_t>& merged) {
+    ws_mean[slot] = merged.mean;
+    ws_m2[slot] = merged.m2;
+    ws_count[slot] = merged.count;
+  });
 }
 
 template <typename acc_t>
 __global__ void stats_finalize(const acc_t* ws_mean, const acc_t* ws_m2, const int64_t* ws_count,
                                int64_t parts, int64_t C, acc_t* mean, acc_t* var) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t c = finalize_channel(blockIdx.x, blockDim.x, threadIdx.x);
   MeanM2<acc_t> acc{0, 0, 0};
   if (c < C) {
-    for (int64_t p = threadIdx.y; p < parts; p += blockDim.y)
-      acc = chan_merge(acc, MeanM2<acc_t>{ws_mean[p * C + c], ws_m2[p * C + c], ws_count[p * C + c]});
+    for_each_part(parts, threadIdx.y, blockDim.y, [&](int64_t p) {
+      const int64_t slot = partial_slot(p, c, C);
+      acc = chan_merge(acc, MeanM2<acc_t>{ws_mean[slot], ws_m2[slot], ws_count[slot]});
+    });
   }
   acc = merge_over_block(acc, blockDim.x);
   if (threadIdx.y == 0 && c < C) {
@@ -110,34 +85,31 @@ __global__ void stats_finalize(const acc_t* ws_mean, const acc_t* ws_m2, const i
 
 }  // namespace
 
-int64_t reduction_partials(const BnShape& shape, int num_sms) {
-  int64_t parts = 1;
-  for (int vec : {1, 2, 4, 8})
-    parts = std::max(parts, launch_geometry(shape, vec, reduction_target_blocks(num_sms)).parts());
-  return parts;
-}
+int64_t reduction_partials(const BnShape& shape, int num_sms) { return reduction_parts_bound(shape, num_sms); }
 
 template <typename scalar_t, typename acc_t>
 void launch_stats(const StatsArgs<scalar_t, acc_t>& args, acc_t* workspace, const LaunchContext& ctx) {
   const BnShape& shape = args.shape;
   const int64_t C = shape.channels;
   const int vec = vector_width<scalar_t>(shape, {args.input});
-  const Geometry geo = launch_geometry(shape, vec, reduction_target_blocks(ctx.num_sms));
-  const int64_t parts = geo.parts();
-  // Counts first (int64, aligned at the workspace's start), then means and M2s.
-  int64_t* ws_count = reinterpret_cast<int64_t*>(workspace);
-  acc_t* ws_mean = reinterpret_cast<acc_t*>(ws_count + parts * C);
-  acc_t* ws_m2 = ws_mean + parts * C;
-  dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
-    constexpr int kVec = decltype(vec_width)::value;
-    if (shape.channels_last)
-      stats_partials_channels_last<kVec><<<geo.grid, geo.block, 0, ctx.stream>>>(args, ws_mean, ws_m2, ws_count);
-    else
-      stats_partials_planar<kVec><<<geo.grid, geo.block, 0, ctx.stream>>>(args, ws_mean, ws_m2, ws_count);
+  int64_t parts = 1;
+  acc_t *ws_mean = nullptr, *ws_m2 = nullptr;
+  int64_t* ws_count = nullptr;
+  dispatch_layout(shape, [&](auto layout) {
+    dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
+      const auto kernel = stats_partials<decltype(layout)::value, decltype(vec_width)::value, scalar_t, acc_t>;
+      static const int blocks_per_sm = resident_blocks_per_sm(kernel);
+      const Geometry geo = launch_geometry(shape, vec, reduction_target_blocks(ctx.num_sms, blocks_per_sm));
+      parts = geo.parts();
+      // Counts first (int64, aligned at the workspace's start), then means and M2s.
+      ws_count = reinterpret_cast<int64_t*>(workspace);
+      ws_mean = reinterpret_cast<acc_t*>(ws_count + parts * C);
+      ws_m2 = ws_mean + parts * C;
+      kernel<<<grid_dims(geo), block_dims(geo), 0, ctx.stream>>>(args, ws_mean, ws_m2, ws_count);
+    });
   });
-  const dim3 finalize = finalize_block(C);
-  stats_finalize<<<ceil_div(C, finalize.x), finalize, 0, ctx.stream>>>(
-      ws_mean, ws_m2, ws_count, parts, C, args.mean, args.var);
+  stats_finalize<<<finalize_grid(C), finalize_block(C), 0, ctx.stream>>>(ws_mean, ws_m2, ws_count, parts, C,
+                                                                         args.mean, args.var);
 }
 
 #define FBN_INSTANTIATE_STATS(scalar_t, acc_t) \
