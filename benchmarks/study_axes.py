@@ -17,12 +17,13 @@ import torch
 from .study import run_one
 
 BATCH_SIZES = (2, 4, 16, 64)
-BATCH_NORMS = ("fused", "group", "layer", "none")
+BATCH_NORMS = ("fused", "group_norm", "layer_norm", "none")
 LR_NORMS = ("fused", "none")
 LR_MULTIPLIERS = (1, 5, 30)
 # SGD rate at batch 64; the batch axis scales it by batch / 64.
 BASE_LR, BASE_BATCH, MOMENTUM = 0.01, 64, 0.9
-NORM_LABELS = {"fused": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "none": "no norm"}
+NORM_LABELS = {"fused": "BatchNorm", "group_norm": "GroupNorm", "layer_norm": "LayerNorm",
+               "none": "no norm"}
 
 # Quick: a few thousand images per cell (the README's `make bench` minutes); full: one epoch.
 QUICK = {"train_images": 2048, "eval_images": 1000, "evals_per_run": 4, "target": 0.65, "seeds": (0,)}

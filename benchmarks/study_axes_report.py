@@ -6,7 +6,8 @@ from typing import List
 from .study_axes import NORM_LABELS
 from .tables import fmt, markdown_table
 
-AXIS_COLORS = {"fused": "tab:blue", "group": "tab:green", "layer": "tab:purple", "none": "tab:red"}
+AXIS_COLORS = {"fused": "tab:blue", "group_norm": "tab:green", "layer_norm": "tab:purple",
+               "none": "tab:red"}
 
 
 def _by(runs: List[dict], key: str):
@@ -84,8 +85,8 @@ def axes_paragraph(axes: dict) -> str:
 
     text = [f"Batch size: from batch {large} to batch {small} (same images, learning rate scaled "
             f"with the batch) BatchNorm goes from {acc('fused', large)} to {acc('fused', small)}, "
-            f"GroupNorm from {acc('group', large)} to {acc('group', small)}, LayerNorm from "
-            f"{acc('layer', large)} to {acc('layer', small)}, no norm from {acc('none', large)} "
+            f"GroupNorm from {acc('group_norm', large)} to {acc('group_norm', small)}, LayerNorm from "
+            f"{acc('layer_norm', large)} to {acc('layer_norm', small)}, no norm from {acc('none', large)} "
             f"to {acc('none', small)}."]
     lr = _by(axes["lr_axis"], "lr_multiplier")
     for norm in lr:

@@ -29,7 +29,7 @@ def test_axes_run_and_report(tmp_path):
 
 
 def test_models_take_group_and_layer_norm():
-    for norm in ("group", "layer"):
+    for norm in ("group_norm", "layer_norm"):
         model = ConvNet(norm, "relu", (16, 32), 1, residual=True)
         assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
