@@ -7,11 +7,19 @@ from benchmarks import data, group_norm_bench, plots, study_axes, study_axes_rep
 from benchmarks.models import ConvNet
 
 
-def test_axes_run_and_report(tmp_path):
+def test_axes_run_and_report(tmp_path, monkeypatch):
+    # Two points per axis keep this a smoke test (every cell trains a 13-layer CNN).
+    monkeypatch.setattr(study_axes, "BATCH_SIZES", (4, 64))
+    monkeypatch.setattr(study_axes, "LR_MULTIPLIERS", (1, 30))
     folder = data.make_fake_dataset(str(tmp_path / "fmnist"), train=64, test=16)
     fake = data.load_fashion_mnist(folder, counts=None)
     config = dict(study_axes.QUICK, eval_images=16, evals_per_run=1)
-    axes = study_axes.run_axes(fake, torch.device("cpu"), config, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny layers: threads only add synchronisation on a busy machine
+    try:
+        axes = study_axes.run_axes(fake, torch.device("cpu"), config, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     assert len(axes["batch_axis"]) == len(study_axes.BATCH_NORMS) * len(study_axes.BATCH_SIZES)
     assert len(axes["lr_axis"]) == len(study_axes.LR_NORMS) * len(study_axes.LR_MULTIPLIERS)
     for run in axes["batch_axis"]:
