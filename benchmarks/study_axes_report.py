@@ -93,10 +93,11 @@ def axes_paragraph(axes: dict) -> str:
         cells = ", ".join(f"{m:g}x: " + ("diverged" if _accuracy(runs) is None else f"{100 * _accuracy(runs):.1f}%")
                           for m, runs in lr[norm].items())
         text.append(f"Learning rate, {NORM_LABELS[norm]}: {cells}.")
-    text.append("BatchNorm's statistics come from the batch, so at tiny batches they are noisy and "
-                "the running averages used in eval differ from what training saw; GroupNorm and "
-                "LayerNorm normalise each sample on its own and do not depend on the batch. "
-                "Without a norm the plain deep CNN is limited to small learning rates (Ioffe & "
-                "Szegedy's BN-x5 / BN-x30 result); quick mode's few thousand images per cell make "
-                "these single-seed numbers indicative only (`--full`: one epoch, three seeds).")
+    text.append("What the literature leads one to expect (stated here as expectation, not as what "
+                "the numbers above show): BatchNorm's statistics come from the batch, so at tiny "
+                "batches they are noisy and eval on running averages differs from training, while "
+                "GroupNorm and LayerNorm normalise each sample on its own (Wu & He); without a norm "
+                "a plain deep CNN tolerates only small learning rates (Ioffe & Szegedy's BN-x5 / "
+                "BN-x30). Quick mode trains each cell on a few thousand images, one seed: too short "
+                "to test either claim; `--full` (one epoch, three seeds) is the run to read.")
     return " ".join(text)
