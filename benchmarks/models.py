@@ -2,7 +2,9 @@
 skips: a plain deep CNN) and a deep MLP, each with a norm switch and the classic init schemes.
 
 norm="fused": pyfusedbn.BatchNormAct (residual add fused in); norm="torch": nn.BatchNorm*d, then
-the add, then the activation; norm="none": the activation alone (layers then get a bias). The
+the add, then the activation; norm="group_norm": pyfusedbn.GroupNormAct with GROUP_NORM_GROUPS groups;
+norm="layer_norm": GroupNormAct with one group (LayerNorm over (C, H, W), as the GroupNorm paper
+compares it); norm="none": the activation alone (layers then get a bias). The
 fused and torch variants have identical state_dict keys, so one model's weights load into the
 other: same seed, same start.
 """
@@ -14,7 +16,10 @@ import torch.nn as nn
 import pyfusedbn
 from pyfusedbn.activations import torch_activation
 
-NORMS = ("none", "fused", "torch")
+NORMS = ("none", "fused", "torch", "group_norm", "layer_norm")
+# Groups of the "group_norm" norm: 8 divides every width the study uses (16, 32); the GroupNorm
+# paper's 32 needs wider layers.
+GROUP_NORM_GROUPS = 8
 INITS = ("normal", "default", "xavier", "kaiming")
 INIT_LABELS = {"normal": "N(0,1)", "default": "PyTorch default", "xavier": "Xavier/Glorot",
                "kaiming": "He/Kaiming"}
@@ -62,6 +67,9 @@ def norm_act(norm: str, rank: int, channels: int, activation: str) -> nn.Module:
         return cls(channels, activation=activation)
     if norm == "torch":
         return (TorchBatchNormAct1d if rank == 1 else TorchBatchNormAct2d)(channels, activation)
+    if norm in ("group_norm", "layer_norm"):
+        groups = min(GROUP_NORM_GROUPS, channels) if norm == "group_norm" else 1
+        return pyfusedbn.GroupNormAct(groups, channels, activation=activation)
     if norm == "none":
         return ActOnly(activation)
     raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")

@@ -147,6 +147,11 @@ def all_plots(out_dir: str, microbench=None, train=None, study=None) -> dict:
         made["speedup"] = speedup_chart(microbench, os.path.join(out_dir, "speedup.png"))
     if train and train.get("fashion_mnist"):
         made["train_curves"] = train_curves(train, os.path.join(out_dir, "train_loss.png"))
+    if study and study.get("axes"):
+        from .study_axes_report import batch_axis_plot
+
+        made["study_batch_axis"] = batch_axis_plot(
+            study["axes"], os.path.join(out_dir, "study_batch_axis_accuracy.png"))
     if study:
         for model in OrderedDict.fromkeys(r["model"] for r in study["runs"]):
             made[f"study_{model}"] = study_curves(

@@ -112,6 +112,11 @@ def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
     for model in ("mlp", "cnn"):
         lines.append(_image(plots, f"study_{model}", f"{model} test accuracy"))
         lines.append(_image(plots, f"grad_{model}", f"{model} gradient norms per layer"))
+    if study.get("axes"):
+        from .study_axes_report import axes_paragraph
+
+        lines += ["", "### Batch size and learning rate", "", axes_paragraph(study["axes"]), "",
+                  _image(plots, "study_batch_axis", "test accuracy vs batch size, one line per norm")]
     return lines
 
 

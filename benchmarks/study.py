@@ -7,10 +7,12 @@ A deep MLP (11 hidden layers of equal width, the usual teaching example) and a p
 (no skips), each for init {N(0,1), PyTorch default, Xavier, He} x {no BatchNorm, fused BatchNorm}
 x {sigmoid, tanh, relu} x seeds; Adam 1e-3, batch 64. Per run: test accuracy during training,
 steps to reach a target test accuracy (Ioffe & Szegedy's table), per-layer gradient norms on the
-first batch (the vanishing-gradient picture), optional gradient clipping. Inputs are normalised
+first batch (the vanishing-gradient picture), optional gradient clipping. Then the batch-size
+and learning-rate axes of benchmarks/study_axes.py (--no-axes skips them). Inputs are normalised
 with the training set's own mean and std (computed, about 0.2860 / 0.3530).
 """
 import argparse
+import dataclasses
 import itertools
 import math
 import time
@@ -50,13 +52,15 @@ def build_model(kind: str, norm: str, activation: str, init: str, seed: int):
 
 def run_one(kind: str, init: str, norm: str, activation: str, seed: int, data, device,
             epochs: int, eval_images: int, eval_every: int, target: float,
-            clip_grad_norm: Optional[float] = None) -> Dict:
+            clip_grad_norm: Optional[float] = None, batch_size: int = BATCH_SIZE,
+            make_optimizer=None) -> Dict:
     """One configuration: trains, evaluating every eval_every steps on the first eval_images
-    test images; stops early if the loss becomes NaN or infinite."""
+    test images; stops early if the loss becomes NaN or infinite. make_optimizer(parameters)
+    replaces the default Adam(lr=LR) (the study's batch-size and learning-rate axes use SGD)."""
     model = build_model(kind, norm, activation, init, seed).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = (make_optimizer or (lambda params: torch.optim.Adam(params, lr=LR)))(model.parameters())
     test_x, test_y = data.test_x[:eval_images], data.test_y[:eval_images]
-    first_x, first_y = next(batches(data.train_x, data.train_y, BATCH_SIZE, seed))
+    first_x, first_y = next(batches(data.train_x, data.train_y, batch_size, seed))
     run = {"model": kind, "init": init, "norm": norm, "activation": activation, "seed": seed,
            "clip_grad_norm": clip_grad_norm, "target": target,
            "grad_norms": layer_grad_norms(model, first_x.to(device), first_y.to(device)),
@@ -76,7 +80,7 @@ def run_one(kind: str, init: str, norm: str, activation: str, seed: int, data, d
 
     record(False)
     for epoch in range(epochs):
-        for xb, yb in batches(data.train_x, data.train_y, BATCH_SIZE, seed + 1000 * epoch):
+        for xb, yb in batches(data.train_x, data.train_y, batch_size, seed + 1000 * epoch):
             loss = train_step(model, optimizer, xb.to(device), yb.to(device), clip_grad_norm)
             step += 1
             window.append(loss.item())
@@ -148,13 +152,25 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-every", type=int)
     parser.add_argument("--target", type=float, help="target test accuracy, e.g. 0.85")
     parser.add_argument("--clip-grad-norm", type=float, default=None)
+    parser.add_argument("--no-axes", dest="axes", action="store_false",
+                        help="skip the batch-size and learning-rate axes (benchmarks/study_axes.py)")
 
 
 def run(args, device) -> Dict:
     config = resolve(args)
     data = load_fashion_mnist(args.data_dir, config["train_images"], config["eval_images"])
-    return run_study(data, device, config, args.inits, args.norms, args.activations,
-                     args.clip_grad_norm, args.progress)
+    result = run_study(data, device, config, args.inits, args.norms, args.activations,
+                       args.clip_grad_norm, args.progress)
+    if getattr(args, "axes", True):
+        from . import study_axes
+
+        axes_config = dict(study_axes.QUICK if args.quick else study_axes.FULL)
+        count = axes_config["train_images"]
+        axes_data = load_fashion_mnist(args.data_dir, count, axes_config["eval_images"]) \
+            if count is None or count > data.train_x.shape[0] else dataclasses.replace(
+                data, train_x=data.train_x[:count], train_y=data.train_y[:count])
+        result["axes"] = study_axes.run_axes(axes_data, device, axes_config, args.progress)
+    return result
 
 
 def main(argv=None) -> None:

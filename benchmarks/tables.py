@@ -185,4 +185,8 @@ def study_tables(result: dict) -> str:
         out.append(f"**{model.upper()}** (seeds {', '.join(map(str, seeds))}; steps of batch "
                    f"{result['batch_size']}, median over seeds, (k/n) when only k reached it)\n\n"
                    + markdown_table(header, rows, "ll" + "rrr" * len(norms)))
+    if result.get("axes"):
+        from .study_axes_report import axes_tables
+
+        out.append(axes_tables(result["axes"]))
     return "\n\n".join(out)

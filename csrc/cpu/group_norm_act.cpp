@@ -1,0 +1,94 @@
+// CPU backend of the GroupNorm ops: tensors to raw-pointer kernel arguments, dtype/activation
+// dispatch, and the TORCH_LIBRARY_IMPL(CPU) registrations.
+#include "vector_math.h"  // first: SIMD declarations of libm functions
+
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../dispatch.h"
+#include "../group_norm_act_ops.h"
+#include "../kernel_calls.h"
+#include "group_norm_act_kernels.h"
+
+namespace pyfusedbn {
+namespace {
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const OptTensor& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+struct CpuGroupBackend {
+  static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, Tensor& mean, Tensor& var) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_stats_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      cpu::group_stats_kernel(GroupStatsArgs<scalar_t, acc_t>{
+          x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), shape, groups});
+    });
+  }
+
+  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
+                    ActKind act, double param, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_apply_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+                                            scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                                            out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::group_apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+
+  static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                              const BackwardCoefficients& k, ActKind act, double param, bool from_output,
+                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_backward_reduce_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ReduceArgs<scalar_t, acc_t> args{
+          dy.data_ptr<scalar_t>(),  saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),  k.bias.data_ptr<acc_t>(),
+          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(), static_cast<acc_t>(param),
+          shape};
+      dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
+        cpu::group_reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+      });
+    });
+  }
+
+  static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
+                             const Tensor& coef_const, ActKind act, double param, bool from_output,
+                             Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_backward_elemt_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const ElemtArgs<scalar_t, acc_t> args{
+          dy.data_ptr<scalar_t>(),        saved.data_ptr<scalar_t>(),
+          ptr_or_null<scalar_t>(residual), k.mean.data_ptr<acc_t>(),
+          k.scale.data_ptr<acc_t>(),      k.bias.data_ptr<acc_t>(),
+          coef_g.data_ptr<acc_t>(),       coef_xc.data_ptr<acc_t>(),
+          coef_const.data_ptr<acc_t>(),   grad_input.data_ptr<scalar_t>(),
+          residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
+          static_cast<acc_t>(param),      shape};
+      dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
+        cpu::group_elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+      });
+    });
+  }
+};
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
+  m.impl("group_norm_act", &group_norm_act<CpuGroupBackend>);
+  m.impl("group_norm_act_backward", &group_norm_act_backward<CpuGroupBackend>);
+}
+
+}  // namespace pyfusedbn

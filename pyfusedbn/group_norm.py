@@ -1,0 +1,125 @@
+"""group_norm_act: y = act(GroupNorm(x) + residual) as one fused op, its autograd.Function and
+the fake kernels of the GroupNorm ops. InstanceNorm (num_groups = C) and timm's LayerNorm2d
+(num_groups = 1 over an (N*H*W, C) view) run on the same ops (pyfusedbn/group_norm_modules.py)."""
+import numbers
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch._prims_common import suggest_memory_format
+
+from ._ops import _check_devices, _like_input, acc_dtype, ops
+from .activations import ACTIVATIONS, resolve_activation
+
+GROUP_OP_NAMES = ("group_norm_act", "group_norm_act_backward")
+
+
+def group_norm_act(
+    input: Tensor,
+    num_groups: int,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    activation: str = "silu",
+    activation_param: Optional[float] = None,
+    residual: Optional[Tensor] = None,
+) -> Tensor:
+    """`act(F.group_norm(input, num_groups, weight, bias, eps) + residual)` in one pass forward
+    and two passes backward. `activation` names a torch.nn.functional activation (see
+    pyfusedbn.ACTIVATION_NAMES), `activation_param` its one parameter (torch's default if None)."""
+    activation, activation_param = resolve_activation(activation, activation_param)
+    if not isinstance(input, Tensor):
+        raise TypeError(f"group_norm_act: input must be a Tensor, got {type(input).__name__}")
+    if not isinstance(num_groups, int) or isinstance(num_groups, bool):
+        raise TypeError(f"group_norm_act: num_groups must be an int, got {num_groups!r}")
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
+        raise TypeError(f"group_norm_act: eps must be a float, got {eps!r}")
+    if (isinstance(residual, Tensor) and residual.dtype != input.dtype
+            and torch.is_autocast_enabled(input.device.type)):
+        # As batch_norm_act: under autocast `norm(x) + residual` promotes.
+        dtype = torch.promote_types(input.dtype, residual.dtype)
+        input, residual = input.to(dtype), residual.to(dtype)
+    return GroupNormActFunction.apply(input, weight, bias, residual, num_groups, float(eps),
+                                      activation, activation_param)[0]
+
+
+class GroupNormActFunction(torch.autograd.Function):
+    """Forward: one op (statistics, normalise/affine/residual/activation). Backward: one op
+    (reduce then elementwise kernels). Saves input, mean and rstd (and residual when given: the
+    activation's derivative needs the full pre-activation value)."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, residual, num_groups, eps, activation, activation_param):
+        out, mean, rstd = ops.group_norm_act(input, weight, bias, residual, num_groups, eps,
+                                             activation, activation_param)
+        ctx.save_for_backward(input, weight, bias, residual, mean, rstd)
+        # mean and rstd are returned for InstanceNorm's running statistics, not differentiated.
+        ctx.mark_non_differentiable(mean, rstd)
+        # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
+        ctx.memory_format = suggest_memory_format(input)
+        ctx.num_groups, ctx.eps = num_groups, eps
+        ctx.activation, ctx.activation_param = activation, activation_param
+        return out, mean, rstd
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_rstd):
+        input, weight, bias, residual, mean, rstd = ctx.saved_tensors
+        if torch.is_grad_enabled():
+            # create_graph=True (double backward): differentiate a composite of torch ops instead.
+            grads = _composite_backward(ctx, grad_out, input, weight, bias, residual)
+        else:
+            grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
+            grad_input, grad_weight, grad_bias, grad_residual = ops.group_norm_act_backward(
+                grad_out, input, mean, rstd, weight, bias, residual, ctx.num_groups,
+                ctx.activation, ctx.activation_param)
+            grads = (grad_input, grad_weight.to(weight.dtype) if weight is not None else None,
+                     grad_bias.to(bias.dtype) if bias is not None else None,
+                     grad_residual if residual is not None else None)
+        needed = ctx.needs_input_grad[:4]
+        return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 4
+
+
+def _composite_backward(ctx, grad_out, input, weight, bias, residual):
+    """Gradients through torch ops of the same forward, so they are themselves differentiable
+    (gradgradcheck). Only used when backward runs with create_graph=True."""
+    tensors = (input, weight, bias, residual)
+    diff = [t for t in tensors if t is not None and t.requires_grad]
+    with torch.enable_grad():
+        out = composite_group_norm_act(input, ctx.num_groups, weight, bias, ctx.eps,
+                                       ctx.activation, ctx.activation_param, residual)
+        grads = iter(torch.autograd.grad(out, diff, grad_out, create_graph=True, allow_unused=True)
+                     if diff else ())
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in tensors)
+
+
+def composite_group_norm_act(input, num_groups, weight, bias, eps, activation, activation_param,
+                             residual=None):
+    """The forward in plain torch ops, accumulating in float32 (float64 for float64 input)."""
+    acc = acc_dtype(input.dtype)
+    to_acc = lambda t: None if t is None else t.to(acc)
+    z = F.group_norm(input.to(acc), num_groups, to_acc(weight), to_acc(bias), eps)
+    if residual is not None:
+        z = z + residual.to(acc)
+    # activation_param is already resolved (0.0 for parameter-free activations).
+    return ACTIVATIONS[activation].torch_fn(z, activation_param).to(input.dtype)
+
+
+def _per_group(input, num_groups):
+    return input.new_empty((input.shape[0], num_groups), dtype=acc_dtype(input.dtype))
+
+
+@torch.library.register_fake("pyfusedbn::group_norm_act")
+def _group_norm_act_fake(input, weight, bias, residual, num_groups, eps, activation, activation_param):
+    _check_devices("group_norm_act", input, weight=weight, bias=bias, residual=residual)
+    return _like_input(input), _per_group(input, num_groups), _per_group(input, num_groups)
+
+
+@torch.library.register_fake("pyfusedbn::group_norm_act_backward")
+def _group_norm_act_backward_fake(grad_out, input, mean, rstd, weight, bias, residual, num_groups,
+                                  activation, activation_param):
+    _check_devices("group_norm_act_backward", input, grad_out=grad_out, mean=mean, rstd=rstd,
+                   weight=weight, bias=bias, residual=residual)
+    per_channel = input.new_empty((input.shape[1],), dtype=acc_dtype(input.dtype))
+    grad_residual = _like_input(input) if residual is not None else input.new_empty((0,))
+    return _like_input(input), per_channel, per_channel.new_empty(per_channel.shape), grad_residual

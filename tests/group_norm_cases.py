@@ -1,0 +1,52 @@
+"""Shared by the GroupNorm-family tests: the table of shapes/layouts/groups and the float64
+torch reference (nn.functional norm + residual + activation)."""
+import torch
+import torch.nn.functional as F
+
+from pyfusedbn.activations import torch_activation
+from helpers import param_dtype, random_input
+
+# (id, input shape, memory format, num_groups): every rank, channels_last, one group, one channel
+# per group (InstanceNorm's case), groups wider than a SIMD chunk, a 2-D input (one position).
+GROUP_CASES = [
+    ("2d_g2", (5, 6), torch.contiguous_format, 2),
+    ("3d_g3", (3, 6, 7), torch.contiguous_format, 3),
+    ("4d_g2", (3, 6, 5, 4), torch.contiguous_format, 2),
+    ("4d_cl_g3", (3, 6, 5, 4), torch.channels_last, 3),
+    ("4d_g1", (2, 4, 3, 5), torch.contiguous_format, 1),
+    ("4d_cl_instance", (2, 5, 3, 3), torch.channels_last, 5),
+    ("4d_cl_wide", (2, 160, 3, 2), torch.channels_last, 4),
+    ("5d_g2", (2, 4, 3, 2, 3), torch.contiguous_format, 2),
+    ("5d_cl_g2", (2, 4, 3, 2, 3), torch.channels_last_3d, 2),
+    ("4d_long_plane", (2, 4, 80, 70), torch.contiguous_format, 2),
+]
+CASE_IDS = [case[0] for case in GROUP_CASES]
+
+
+def reference_group_norm_act(x, num_groups, weight, bias, eps, activation, activation_param,
+                             residual=None):
+    z = F.group_norm(x, num_groups, weight, bias, eps)
+    if residual is not None:
+        z = z + residual
+    return torch_activation(activation, activation_param)(z)
+
+
+def make_inputs(shape, dtype, memory_format, generator, affine=True, residual=True):
+    """x, weight, bias, residual and grad_out; parameters in torch's parameter dtype."""
+    c = shape[1]
+    pdtype = param_dtype(dtype)
+    x = random_input(shape, dtype, memory_format, generator)
+    weight = (torch.rand(c, generator=generator, dtype=torch.float64) + 0.5).to(pdtype) if affine else None
+    bias = torch.randn(c, generator=generator, dtype=torch.float64).to(pdtype) if affine else None
+    res = random_input(shape, dtype, memory_format, generator, mean=0.0, scale=1.0) if residual else None
+    grad_out = random_input(shape, dtype, memory_format, generator, mean=0.0, scale=1.0)
+    return x, weight, bias, res, grad_out
+
+
+def leaves64(*tensors):
+    """float64 leaf copies requiring grad (None stays None)."""
+    return [None if t is None else t.detach().to(torch.float64).requires_grad_() for t in tensors]
+
+
+def leaves(*tensors):
+    return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]

@@ -1,0 +1,52 @@
+"""The GroupNorm family's convert/revert table: a torch norm + activation becomes the fused
+module with the same parameter objects and outputs, and back."""
+import pytest
+import torch
+from torch import nn
+
+from pyfusedbn.group_norm_convert import (FUSED_TO_NORM, NORM_TO_FUSED, fused_from_norm,
+                                          is_fused_group_family_norm, is_plain_group_family_norm,
+                                          norm_from_fused)
+from helpers import TOLERANCE, assert_close
+
+NORMS = [
+    ("group", lambda: nn.GroupNorm(3, 6), (2, 6, 4, 4)),
+    ("group_no_affine", lambda: nn.GroupNorm(2, 6, affine=False), (2, 6, 5)),
+    ("instance1d", lambda: nn.InstanceNorm1d(6), (2, 6, 7)),
+    ("instance2d_tracked", lambda: nn.InstanceNorm2d(6, affine=True, track_running_stats=True), (2, 6, 4, 4)),
+    ("instance3d", lambda: nn.InstanceNorm3d(6, momentum=0.2), (2, 6, 3, 3, 2)),
+]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("make,shape", [n[1:] for n in NORMS], ids=[n[0] for n in NORMS])
+def test_convert_and_revert_keep_state_and_outputs(make, shape, training):
+    torch.manual_seed(0)
+    norm = make().train(training)
+    if norm.weight is not None:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+    reference = nn.Sequential(make(), nn.GELU(approximate="tanh"))
+    reference[0].load_state_dict(norm.state_dict())
+    reference.train(training)
+    assert is_plain_group_family_norm(norm) and not is_fused_group_family_norm(norm)
+    params = dict(norm.named_parameters())
+    fused = fused_from_norm(norm, "gelu_tanh")
+    assert type(fused) is NORM_TO_FUSED[type(norm)] and is_fused_group_family_norm(fused)
+    assert fused.training == training
+    for name, p in fused.named_parameters():
+        assert p is params[name]
+    x = torch.randn(shape)
+    assert_close("output", fused(x), reference(x), TOLERANCE[torch.float32])
+    plain, act = norm_from_fused(fused)
+    assert type(plain) is FUSED_TO_NORM[type(fused)] and isinstance(act, nn.GELU)
+    assert plain.state_dict().keys() == norm.state_dict().keys()
+    assert_close("reverted output", act(plain(x)), reference(x), TOLERANCE[torch.float32])
+
+
+def test_subclasses_are_left_alone():
+    class MyGroupNorm(nn.GroupNorm):
+        pass
+
+    assert not is_plain_group_family_norm(MyGroupNorm(2, 4))

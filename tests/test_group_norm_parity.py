@@ -1,0 +1,74 @@
+"""group_norm_act against torch's F.group_norm + residual + activation in float64: outputs and
+the input, weight, bias and residual gradients, every activation, dtype, rank and layout."""
+import pytest
+import torch
+
+import pyfusedbn
+from group_norm_cases import (CASE_IDS, GROUP_CASES, leaves, leaves64, make_inputs,
+                              reference_group_norm_act)
+from helpers import DTYPES, TOLERANCE, assert_close
+
+EPS = 1e-5
+
+
+def check_against_float64(case, dtype, activation, generator, affine=True, residual=True):
+    _, shape, memory_format, groups = case
+    x, w, b, res, dy = make_inputs(shape, dtype, memory_format, generator, affine, residual)
+    x_f, w_f, b_f, res_f = leaves(x, w, b, res)
+    out = pyfusedbn.group_norm_act(x_f, groups, w_f, b_f, EPS, activation, residual=res_f)
+    assert out.dtype == dtype and out.shape == x.shape
+    assert out.is_contiguous(memory_format=memory_format)
+    out.backward(dy)
+    x_r, w_r, b_r, res_r = leaves64(x, w, b, res)
+    ref = reference_group_norm_act(x_r, groups, w_r, b_r, EPS, activation, None, res_r)
+    ref.backward(dy.to(torch.float64))
+    tol = TOLERANCE[dtype]
+    assert_close("output", out, ref, tol)
+    for name, got, want in (("grad_input", x_f, x_r), ("grad_weight", w_f, w_r),
+                            ("grad_bias", b_f, b_r), ("grad_residual", res_f, res_r)):
+        if want is not None:
+            assert_close(name, got.grad, want.grad, tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", GROUP_CASES, ids=CASE_IDS)
+def test_dtypes_and_layouts(case, dtype, generator, poison_empty):
+    check_against_float64(case, dtype, "silu", generator)
+
+
+@pytest.mark.parametrize("activation", pyfusedbn.ACTIVATION_NAMES)
+@pytest.mark.parametrize("case", [GROUP_CASES[2], GROUP_CASES[3], GROUP_CASES[0]], ids=["nchw", "nhwc", "2d"])
+def test_every_activation(case, activation, generator, poison_empty):
+    check_against_float64(case, torch.float32, activation, generator)
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("case", [GROUP_CASES[2], GROUP_CASES[3]], ids=["nchw", "nhwc"])
+def test_without_affine(case, residual, generator):
+    check_against_float64(case, torch.float64, "gelu", generator, affine=False, residual=residual)
+
+
+def test_large_mean_keeps_variance(generator):
+    """A mean of 1e4 over a spread of 1: float32 sums of raw values would lose the variance."""
+    x = torch.randn(2, 8, 40, 40, generator=generator, dtype=torch.float64) + 1e4
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        out = pyfusedbn.group_norm_act(x.float().contiguous(memory_format=fmt), 4, activation="identity")
+        ref = torch.nn.functional.group_norm(x.float().double(), 4)
+        assert_close(f"output {fmt}", out, ref, 1e-3)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_nan_in_nan_out(memory_format):
+    x = torch.randn(2, 4, 3, 3).contiguous(memory_format=memory_format)
+    x[1, 2, 1, 1] = float("nan")
+    out = pyfusedbn.group_norm_act(x, 2, activation="relu")
+    ref = reference_group_norm_act(x, 2, None, None, EPS, "relu", None)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref))
+    assert torch.isnan(out[1, 2:]).all() and not torch.isnan(out[1, :2]).any() and not torch.isnan(out[0]).any()
+
+
+def test_empty_batch():
+    x = torch.randn(0, 4, 3, 3, requires_grad=True)
+    out = pyfusedbn.group_norm_act(x, 2)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad.shape == x.shape
