@@ -105,6 +105,8 @@ def _gpu_train(model, batch, size, steps, compile_model):
 
 
 def gpu_comparison(original, converted, batch, size, steps, compile_too):
+    import torch._dynamo  # reset between models: each compiles afresh
+
     result = {}
     for mode in ("eager", "compile") if compile_too else ("eager",):
         for key, model in (("original", original), ("converted", converted)):

@@ -94,9 +94,12 @@ def count_batch_norms(model) -> int:
 
 def train_step(model, x, seed: int = 1) -> Dict[str, Optional[torch.Tensor]]:
     """Forward + backward of a fixed random projection of the output: the output, the input's
-    gradient, every parameter's gradient and buffer, by name."""
+    gradient, every parameter's gradient and buffer, by name. The global generator is seeded
+    (inside a fork), so dropout draws the same masks in two models that draw in the same order."""
     x = x.detach().clone().requires_grad_()
-    out = model(x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model(x)
     projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
     (out.float() * projection.to(out.device)).sum().backward()
     state = {"output": out.detach(), "input.grad": x.grad}

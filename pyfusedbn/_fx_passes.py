@@ -1,4 +1,5 @@
-"""torch.fx passes for convert/revert/fold: trace, find the patterns, rewrite the graph.
+"""torch.fx passes for convert/revert (fold's is _fx_fold): trace, find the patterns, rewrite
+the graph.
 
 The GraphModule keeps every module at its qualified name, so state_dict keys do not change.
 """
@@ -10,9 +11,8 @@ from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
 from ._foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
-from ._module_swap import (after_fold, batch_norm_from_fused, fold_into, fold_reason,
-                           fused_from_batch_norm, hook_reason, inner_activation,
-                           is_convertible_norm, is_foldable_norm, is_fused)
+from ._module_swap import (batch_norm_from_fused, fused_from_batch_norm, hook_reason,
+                           inner_activation, is_convertible_norm, is_fused)
 from ._torch_activations import (NotFusable, function_activation, method_activation,
                                  module_activation)
 
@@ -170,10 +170,6 @@ def revert_graph(gm, report):
     _rewrite_each(gm, report, is_fused, _unfuse)
 
 
-def fold_graph(gm, report):
-    _rewrite_each(gm, report, is_foldable_norm, _fold)
-
-
 def _residual_of(fused_node):
     args = fused_node.args
     return fused_node.kwargs.get("residual", args[1] if len(args) > 1 else None)
@@ -251,8 +247,9 @@ def _skip_identities(gm, node, modules):
     BatchNorm and its residual add): they return their input."""
     while len(node.users) == 1:
         (user,) = node.users
-        if not (user.op == "call_module" and is_identity(modules[user.target])
-                and user.args == (node,) and not user.kwargs and not hook_reason(modules[user.target])):
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if not (is_identity(module) and user.args == (node,) and not user.kwargs
+                and not hook_reason(module)):
             return
         user.replace_all_uses_with(node)
         gm.graph.erase_node(user)
@@ -306,34 +303,3 @@ def _free_name(gm, name):
     while candidate in taken:
         candidate, i = f"{name}{i}", i + 1
     return candidate
-
-
-def _fold(gm, bn_node, modules, calls):
-    bn = modules[bn_node.target]
-    layer_node = bn_node.args[0] if bn_node.args else None
-    if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module":
-        source = _describe(layer_node) if isinstance(layer_node, fx.Node) else repr(layer_node)
-        raise NotFusable(f"its input comes from {source}, not a Conv/Linear module")
-    layer = modules[layer_node.target]
-    if calls[bn_node.target] > 1 or calls[layer_node.target] > 1:
-        raise NotFusable("it or the layer before it is called more than once in forward")
-    _single_user(layer_node, f"the output of {layer_node.target}")
-    reason = fold_reason(layer, bn)
-    if reason:
-        raise NotFusable(reason)
-    fold_into(layer, bn)
-    what = f"folded into {layer_node.target}"
-    residual = _residual_of(bn_node) if is_fused(bn) else None
-    value = layer_node
-    if residual is not None:
-        with gm.graph.inserting_before(bn_node):
-            value = gm.graph.call_function(operator.add, (layer_node, residual))
-    rest = after_fold(bn)
-    if is_identity(rest):
-        bn_node.replace_all_uses_with(value)
-        gm.graph.erase_node(bn_node)
-        return what + (", then add" if residual is not None else "")
-    _set_module(gm, bn_node.target, rest)  # the activation takes the BatchNorm's name
-    bn_node.args, bn_node.kwargs = (value,), {}
-    added = ", then add" if residual is not None else ""
-    return f"{what}{added}, then {type(rest).__name__}"
