@@ -201,14 +201,18 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False")
     rows = []
-    for library, name in _selected(args.models, libraries):
-        rows.append(run_model(libraries, library, name, args))
-        print(f"model_zoo: {library} {name}: {rows[-1]['fused']}/{rows[-1]['total']} fused, "
-              f"CPU step {rows[-1]['cpu']['speedup']:.2f}x", flush=True)
-    print(format_table(rows))
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    path = save_json(args.out, JSON_NAME, {"settings": settings, "rows": rows})
-    print(f"model_zoo: wrote {path}")
+    for library, name in _selected(args.models, libraries):
+        row = run_model(libraries, library, name, args)
+        rows.append(row)
+        print(f"model_zoo: {library} {name}: {row['fused']}/{row['total']} fused, float64 train "
+              f"step {row['exactness']['train_float64'][1]:.1e}, float32 eval "
+              f"{row['exactness']['eval_float32'][1]:.1e}, CPU step {row['cpu']['speedup']:.2f}x",
+              flush=True)
+        # Written after each model, so that an interrupted run keeps what it measured.
+        path = save_json(args.out, JSON_NAME, {"settings": settings, "rows": rows})
+    print(format_table(rows))
+    print(f"model_zoo: wrote {path}" if rows else "model_zoo: no model selected")
     return rows
 
 

@@ -78,11 +78,13 @@ def test_timm_model_reverts_to_timm_classes(case):
 def test_zoo_benchmark_runs_on_one_small_model(tmp_path):
     if isinstance(LIBRARIES["torchvision"], str):
         pytest.skip(LIBRARIES["torchvision"])
-    from benchmarks import model_zoo
+    from benchmarks import model_zoo, report
 
     rows = model_zoo.main(["--models", "torchvision/mobilenet_v3_small", "--batch", "2",
                            "--size", "32", "--repeats", "1", "--out", str(tmp_path)])
     (row,) = rows
     assert (row["fused"], row["total"]) == SUBSET[("torchvision", "mobilenet_v3_small")]
     assert row["exactness"]["train_float64"][1] <= TOLERANCE[torch.float64]
-    assert (tmp_path / model_zoo.JSON_NAME).exists()
+    with open(report.write_report(str(tmp_path), plots=False)) as f:
+        text = f.read()
+    assert "## Model zoo" in text and "torchvision mobilenet_v3_small | 29/34" in text
