@@ -27,10 +27,14 @@ test: build
 # declares the op schemas its import needs). --no-deps: its pin would pull the CUDA torch.
 TORCHVISION_VERSION ?= 0.28.0
 TIMM_VERSION ?= 1.0.31
-zoo-deps: build
+zoo-deps: $(VENV)/.zoo-installed
+$(VENV)/.zoo-installed: $(VENV)/.installed
 	$(PY) -m pip install -q --no-deps torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION)
+	touch $@
 
+# Builds the extension only if it is missing (after `make test`, as in CI, it is there).
 test-zoo: zoo-deps
+	@ls pyfusedbn/_C*.so >/dev/null 2>&1 || $(MAKE) build
 	$(PY) -m pytest -q tests/test_timm.py tests/test_zoo*.py
 
 # Benchmarks (benchmarks/run.py): plots, progress bars and pytest-benchmark on top of the venv.
