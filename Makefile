@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test test-sanitize test-lowest-torch test-huge bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
+.PHONY: venv build test test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -40,6 +40,22 @@ test-lowest-torch:
 # less is free. CI runs it last, alone.
 test-huge: build
 	PYFUSEDBN_HUGE_TESTS=1 $(PY) -m pytest -q -rs tests/test_huge.py
+
+# Real torchvision and timm models (tests/test_zoo*.py, tests/test_timm.py; benchmarks.model_zoo).
+# PyPI's torchvision wheel is built against CUDA torch, so with the CPU torch its compiled ops do
+# not load; its Python parts, all that the models and timm use, do (benchmarks/zoo_models.py
+# declares the op schemas its import needs). --no-deps: its pin would pull the CUDA torch.
+TORCHVISION_VERSION ?= 0.28.0
+TIMM_VERSION ?= 1.0.31
+zoo-deps: $(VENV)/.zoo-installed
+$(VENV)/.zoo-installed: $(VENV)/.installed
+	$(PY) -m pip install -q --no-deps torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION)
+	touch $@
+
+# Builds the extension only if it is missing (after `make test`, as in CI, it is there).
+test-zoo: zoo-deps
+	@ls pyfusedbn/_C*.so >/dev/null 2>&1 || $(MAKE) build
+	$(PY) -m pytest -q tests/test_timm.py tests/test_zoo*.py
 
 # Benchmarks (benchmarks/run.py): plots, progress bars and pytest-benchmark on top of the venv.
 DATA_DIR ?= /usr/share/datasets/fashion-mnist

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Dict, List, Optional
 
-from . import tables
+from . import model_zoo as model_zoo_section, tables
 from .results import load_json
 
 REPORT_NAME = "REPORT.md"
@@ -121,7 +121,8 @@ def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
 
 
 def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = None) -> str:
-    """REPORT.md from whichever of microbench.json, train.json, study.json exist in out_dir."""
+    """REPORT.md from whichever of microbench.json, train.json, study.json, model_zoo.json exist
+    in out_dir."""
     microbench = load_json(out_dir, "microbench.json")
     train = load_json(out_dir, "train.json")
     study = load_json(out_dir, "study.json")
@@ -159,6 +160,9 @@ def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = No
         lines += _train_section(train, made) + [""]
     if study:
         lines += _study_section(study, made) + [""]
+    zoo = load_json(out_dir, model_zoo_section.JSON_NAME)
+    if zoo:
+        lines += model_zoo_section.section(zoo) + [""]
     lines += ["## Reproduce", "",
               "`make bench` (quick) or `make bench-full`; each part alone: `python -m "
               "benchmarks.microbench|train|study --quick|--full`, then `python -m "

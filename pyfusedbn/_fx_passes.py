@@ -1,4 +1,5 @@
-"""torch.fx passes for convert/revert/fold: trace, find the patterns, rewrite the graph.
+"""torch.fx passes for convert/revert (fold's is _fx_fold): trace, find the patterns, rewrite
+the graph.
 
 The GraphModule keeps every module at its qualified name, so state_dict keys do not change.
 """
@@ -9,15 +10,18 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from ._module_swap import (batch_norm_from_fused, fold_into, fold_reason, fused_from_batch_norm,
-                           hook_reason, is_fused, is_plain_batch_norm)
+from ._foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
+from ._module_swap import (batch_norm_from_fused, fused_from_batch_norm, hook_reason,
+                           inner_activation, is_convertible_norm, is_fused)
 from ._torch_activations import (NotFusable, function_activation, method_activation,
                                  module_activation)
 
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, module, qualified_name):
-        return is_fused(module) or super().is_leaf_module(module, qualified_name)
+        # timm's norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
+        return (is_fused(module) or is_kept_whole_when_tracing(module)
+                or super().is_leaf_module(module, qualified_name))
 
 
 def trace(model):
@@ -159,15 +163,11 @@ def _rewrite_each(gm, report, wanted, rewrite):
 
 
 def convert_graph(gm, report):
-    _rewrite_each(gm, report, is_plain_batch_norm, _fuse)
+    _rewrite_each(gm, report, is_convertible_norm, _fuse)
 
 
 def revert_graph(gm, report):
     _rewrite_each(gm, report, is_fused, _unfuse)
-
-
-def fold_graph(gm, report):
-    _rewrite_each(gm, report, lambda m: is_plain_batch_norm(m) or is_fused(m), _fold)
 
 
 def _residual_of(fused_node):
@@ -184,17 +184,31 @@ def _fuse(gm, bn_node, modules, calls):
     reason = hook_reason(bn)
     if reason:
         raise NotFusable(reason)
+    inner = inner_activation(bn)
+    if inner is not None:  # timm's BatchNormAct2d: its own activation, nothing to find after it
+        activation, param, act = inner
+        _set_module(gm, bn_node.target, fused_from_batch_norm(bn, activation, param, act))
+        return f"{type(bn).__name__} with its {type(act).__name__} -> activation={activation!r}"
+    if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
+        return _fuse_keeping_drop(gm, bn_node, bn)
+    _skip_identities(gm, bn_node, modules)
     user = _single_user(bn_node, "the BatchNorm output")
+    if user.op == "call_module" and is_fused(gm.get_submodule(user.target)) \
+            and bn_node is _residual_of(user):
+        raise NotFusable(f"its output is the residual of {_describe(user)}, fused with that add")
     residual = _residual_operand(user, bn_node)
-    act_node = _single_user(user, "the residual add's output") if residual is not None else user
-    try:
-        value = user if residual is not None else bn_node
-        activation, param = _activation(act_node, value, modules)
-    except NotFusable as e:
-        raise NotFusable(f"followed by {_describe(act_node)}: {e}") from None
+    if residual is None:
+        act_node = user
+        try:
+            activation, param = _activation(act_node, bn_node, modules)
+        except NotFusable as e:
+            raise NotFusable(f"followed by {_describe(act_node)}: {e}") from None
+    else:
+        act_node, activation, param = _activation_after_add(user, modules)
     (x,) = bn_node.args
     added = f" + add({_describe(residual)})" if residual is not None else ""
-    done = f"{type(bn).__name__}{added} + {_describe(act_node)} -> activation={activation!r}"
+    then = f" + {_describe(act_node)}" if act_node is not None else ""
+    done = f"{type(bn).__name__}{added}{then} -> activation={activation!r}"
     if residual is not None:
         # The fused op runs where the add was: check nothing in between writes into x.
         between = _nodes_between(bn_node, user)
@@ -207,10 +221,50 @@ def _fuse(gm, bn_node, modules, calls):
         return done
     with gm.graph.inserting_before(user):
         fused_node = gm.graph.call_module(bn_node.target, (x,), {"residual": residual})
-    act_node.replace_all_uses_with(fused_node)
+    last = act_node if act_node is not None else user
+    last.replace_all_uses_with(fused_node)
     for node in (act_node, user, bn_node):
-        gm.graph.erase_node(node)
+        if node is not None:
+            gm.graph.erase_node(node)
     return done
+
+
+def _activation_after_add(add, modules):
+    """(activation node or None, activation, param) for the add's output: its one user if that
+    is a supported activation, else "identity" (the add alone is fused: the linear bottleneck
+    of inverted-residual blocks)."""
+    if len(add.users) == 1:
+        (act_node,) = add.users
+        try:
+            return (act_node,) + _activation(act_node, add, modules)
+        except NotFusable:
+            pass
+    return None, "identity", None
+
+
+def _skip_identities(gm, node, modules):
+    """Removes nn.Identity calls on node's output (timm's DropPath with rate 0 is one, between a
+    BatchNorm and its residual add): they return their input."""
+    while len(node.users) == 1:
+        (user,) = node.users
+        module = modules.get(user.target) if user.op == "call_module" else None
+        if not (is_identity(module) and user.args == (node,) and not user.kwargs
+                and not hook_reason(module)):
+            return
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+
+
+def _fuse_keeping_drop(gm, bn_node, bn):
+    """timm's BatchNormAct2d with no activation and a drop layer: the fused layer, then the
+    drop layer as its own module (in the same order)."""
+    _set_module(gm, bn_node.target, fused_from_batch_norm(bn, "identity", None))
+    drop_name = _free_name(gm, bn_node.target + "_drop")
+    gm.add_submodule(drop_name, bn.drop)
+    with gm.graph.inserting_after(bn_node):
+        drop_node = gm.graph.call_module(drop_name, (bn_node,))
+    bn_node.replace_all_uses_with(drop_node, delete_user_cb=lambda user: user is not drop_node)
+    return f"{type(bn).__name__} -> activation='identity', then its {type(bn.drop).__name__}"
 
 
 def _nodes_between(first, last):
@@ -249,34 +303,3 @@ def _free_name(gm, name):
     while candidate in taken:
         candidate, i = f"{name}{i}", i + 1
     return candidate
-
-
-def _fold(gm, bn_node, modules, calls):
-    bn = modules[bn_node.target]
-    layer_node = bn_node.args[0] if bn_node.args else None
-    if not isinstance(layer_node, fx.Node) or layer_node.op != "call_module":
-        source = _describe(layer_node) if isinstance(layer_node, fx.Node) else repr(layer_node)
-        raise NotFusable(f"its input comes from {source}, not a Conv/Linear module")
-    layer = modules[layer_node.target]
-    if calls[bn_node.target] > 1 or calls[layer_node.target] > 1:
-        raise NotFusable("it or the layer before it is called more than once in forward")
-    _single_user(layer_node, f"the output of {layer_node.target}")
-    reason = fold_reason(layer, bn)
-    if reason:
-        raise NotFusable(reason)
-    fold_into(layer, bn)
-    what = f"folded into {layer_node.target}"
-    if not is_fused(bn):
-        bn_node.replace_all_uses_with(layer_node)
-        gm.graph.erase_node(bn_node)
-        return what
-    _, act = batch_norm_from_fused(bn)
-    residual = _residual_of(bn_node)
-    value = layer_node
-    if residual is not None:
-        with gm.graph.inserting_before(bn_node):
-            value = gm.graph.call_function(operator.add, (layer_node, residual))
-    _set_module(gm, bn_node.target, act)  # the activation takes the BatchNorm's name
-    bn_node.args, bn_node.kwargs = (value,), {}
-    added = ", then add" if residual is not None else ""
-    return f"{what}{added}, then {type(act).__name__}"

@@ -1,26 +1,59 @@
-"""Module-level pieces shared by convert/revert/fold: BatchNorm <-> BatchNormAct with shared
-state, Conv/Linear + BatchNorm folding, and the nn.Sequential (module order) passes used when a
-model does not trace with torch.fx."""
-from collections import Counter
-
+"""Module-level pieces shared by convert/revert/fold: which norm layers are fused into which
+class, BatchNorm <-> BatchNormAct with shared state, Conv/Linear + BatchNorm folding. The passes
+that use them: _fx_passes (traced models) and _sequential_passes (module order)."""
 import torch
 from torch import nn
 
+from ._foreign_layers import (TIMM_BATCH_NORM_ACT, class_name, is_frozen_batch_norm, is_identity,
+                              is_timm_batch_norm_act, trailing_layers)
 from ._torch_activations import NotFusable, activation_module, module_activation
 from .modules import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, _BatchNormAct
 
+# The norm layers convert fuses -> the fused class, by exact class (torch's) or qualified class
+# name (other libraries', not imported here). Another norm (GroupNorm, ...) is one more entry.
 BN_TO_FUSED = {nn.BatchNorm1d: BatchNormAct1d, nn.BatchNorm2d: BatchNormAct2d,
                nn.BatchNorm3d: BatchNormAct3d}
+NAMED_NORM_TO_FUSED = {name: BatchNormAct2d for name in TIMM_BATCH_NORM_ACT}
 FUSED_TO_BN = {fused: bn for bn, fused in BN_TO_FUSED.items()}
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# A fused layer converted from another library's class records it here: (that class, the
+# activation module it held, or None if its activation came from the graph). revert uses it.
+SOURCE_ATTRIBUTE = "_pyfusedbn_source"
 
 
 def is_plain_batch_norm(module):
     return type(module) in BN_TO_FUSED
 
 
+def is_convertible_norm(module):
+    """A norm layer convert replaces by a fused one: torch's BatchNorm or timm's BatchNormAct2d."""
+    return is_plain_batch_norm(module) or class_name(type(module)) in NAMED_NORM_TO_FUSED
+
+
+def is_foldable_norm(module):
+    return is_convertible_norm(module) or is_fused(module) or is_frozen_batch_norm(module)
+
+
 def is_fused(module):
     return isinstance(module, _BatchNormAct)
+
+
+def inner_activation(norm):
+    """(activation, activation_param, the module) a norm layer applies itself (timm's
+    BatchNormAct2d: its `act`), or None; NotFusable when it cannot be fused."""
+    if not is_timm_batch_norm_act(norm) or is_identity(norm.act):
+        return None
+    if not is_identity(norm.drop):
+        raise NotFusable(f"its drop layer {type(norm.drop).__name__} runs between the BatchNorm "
+                         f"and its activation {type(norm.act).__name__}; fusing would reorder them")
+    try:
+        activation, param = module_activation(norm.act)
+    except NotFusable as e:
+        raise NotFusable(f"its activation: {e}") from None
+    reason = hook_reason(norm.act)
+    if reason:
+        raise NotFusable(reason)
+    return activation, param, norm.act
 
 
 def _move_state(src, dst):
@@ -39,9 +72,12 @@ def _options(bn):
                 track_running_stats=bn.track_running_stats, device="meta")
 
 
-def fused_from_batch_norm(bn, activation, activation_param):
-    fused = BN_TO_FUSED[type(bn)](activation=activation, activation_param=activation_param,
-                                  **_options(bn))
+def fused_from_batch_norm(bn, activation, activation_param, inner_act=None):
+    """The fused layer taking bn's state; inner_act: the activation module bn applied itself."""
+    fused_class = BN_TO_FUSED.get(type(bn)) or NAMED_NORM_TO_FUSED[class_name(type(bn))]
+    fused = fused_class(activation=activation, activation_param=activation_param, **_options(bn))
+    if not is_plain_batch_norm(bn):
+        setattr(fused, SOURCE_ATTRIBUTE, (type(bn), inner_act))
     return _move_state(bn, fused)
 
 
@@ -50,12 +86,28 @@ def batch_norm_from_fused(fused):
     SyncBatchNormAct becomes an nn.SyncBatchNorm on the same process group."""
     from .sync_batchnorm import SyncBatchNormAct  # late: sync_batchnorm imports torch.distributed
 
-    if isinstance(fused, SyncBatchNormAct):
+    source = getattr(fused, SOURCE_ATTRIBUTE, None)
+    if source is not None:
+        # Its own class: timm's BatchNormAct2d builds an act (replaced) and no drop.
+        source_class, inner_act = source
+        bn = source_class(**_options(fused))
+        bn.act, bn.drop = inner_act or nn.Identity(), _drop_of(fused)
+        if inner_act is not None:  # its activation is inside the layer: none to add after it
+            return _move_state(fused, bn), nn.Identity()
+    elif isinstance(fused, SyncBatchNormAct):
         bn = nn.SyncBatchNorm(process_group=fused.process_group, **_options(fused))
     else:
-        bn = FUSED_TO_BN[type(fused)](**_options(fused))
+        # The nearest torch class: a subclass of BatchNormAct2d becomes an nn.BatchNorm2d.
+        bn_class = next(FUSED_TO_BN[c] for c in type(fused).__mro__ if c in FUSED_TO_BN)
+        bn = bn_class(**_options(fused))
     return (_move_state(fused, bn),
             activation_module(fused.activation, fused.activation_param))
+
+
+def _drop_of(fused):
+    """A fused layer's own drop layer (TimmBatchNormAct2d has one), else nn.Identity."""
+    drop = fused._modules.get("drop")
+    return nn.Identity() if drop is None else drop
 
 
 def hook_reason(*modules):
@@ -70,15 +122,23 @@ def fold_reason(layer, bn):
     """Why bn cannot be folded into the Conv/Linear before it (None if it can)."""
     if type(layer) not in FOLDABLE:
         return f"its input comes from {type(layer).__name__}, not Conv1d/2d/3d or Linear"
-    if bn.training:
+    if bn.training and not is_frozen_batch_norm(bn):
         return "BatchNorm is in training mode (fold is for inference: call model.eval() first)"
     if bn.running_mean is None or bn.running_var is None:
         return "BatchNorm has no running statistics (track_running_stats=False)"
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if channels != bn.num_features:
+    if channels != bn.running_mean.numel():
         return (f"{type(layer).__name__} has {channels} outputs, "
-                f"BatchNorm {bn.num_features} features")
+                f"BatchNorm {bn.running_mean.numel()} features")
     return hook_reason(layer, bn)
+
+
+def after_fold(norm):
+    """What remains of a norm layer folded into the layer before it: its activation (and
+    timm's drop layer), or nn.Identity."""
+    if is_fused(norm):
+        return activation_module(norm.activation, norm.activation_param)
+    return trailing_layers(norm)
 
 
 @torch.no_grad()
@@ -99,84 +159,3 @@ def fold_into(layer, bn):
     per_channel = (-1,) + (1,) * (weight.dim() - 1)
     layer.weight = nn.Parameter((weight * scale.reshape(per_channel)).to(dtype), requires_grad)
     layer.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad)
-
-
-def _sequentials(model):
-    """(qualified name, module) of every nn.Sequential that runs its children in order."""
-    return [(name, m) for name, m in model.named_modules()
-            if isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward]
-
-
-def _qualified(prefix, key):
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _shared(model):
-    return Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
-
-
-def sequential_pass(model, report, rewrite, wanted, untraced_reason):
-    """Calls rewrite(seq, keys, i) -> "what it did" (or raises NotFusable) for each module
-    seq[keys[i]] satisfying wanted() inside an nn.Sequential; reports every wanted module,
-    including those outside any nn.Sequential."""
-    uses = _shared(model)
-    seen = set()
-    for prefix, seq in _sequentials(model):
-        keys = list(seq._modules)
-        for i, key in enumerate(keys):
-            module = seq._modules[key]
-            if not wanted(module) or id(module) in seen:
-                continue
-            seen.add(id(module))
-            try:
-                neighbours = [seq._modules[k] for k in keys[max(i - 1, 0):i + 2]]
-                if any(uses[id(m)] > 1 for m in neighbours if m is not None):
-                    raise NotFusable("it or a neighbour is registered under more than one name")
-                report.fused.append((_qualified(prefix, key), rewrite(seq, keys, i)))
-            except NotFusable as e:
-                report.skipped.append((_qualified(prefix, key), str(e)))
-    for name, module in model.named_modules():
-        if wanted(module) and id(module) not in seen:
-            seen.add(id(module))
-            report.skipped.append((name, f"not inside an nn.Sequential ({untraced_reason})"))
-
-
-def convert_in_sequential(seq, keys, i):
-    bn = seq._modules[keys[i]]
-    if i + 1 == len(keys):
-        raise NotFusable("last module of its nn.Sequential, no activation follows")
-    nxt = seq._modules[keys[i + 1]]
-    activation, param = module_activation(nxt)
-    reason = hook_reason(bn, nxt)
-    if reason:
-        raise NotFusable(reason)
-    fused = fused_from_batch_norm(bn, activation, param)
-    seq._modules[keys[i]] = fused
-    # nn.Identity keeps the indices (and so the state_dict keys) of the later modules.
-    seq._modules[keys[i + 1]] = nn.Identity()
-    return f"{type(bn).__name__} + {type(nxt).__name__} -> {type(fused).__name__}"
-
-
-def revert_in_sequential(seq, keys, i):
-    fused = seq._modules[keys[i]]
-    bn, act = batch_norm_from_fused(fused)
-    if type(act) is not nn.Identity:
-        if i + 1 == len(keys) or type(seq._modules[keys[i + 1]]) is not nn.Identity:
-            raise NotFusable("not followed by nn.Identity, so there is no slot for the activation")
-        seq._modules[keys[i + 1]] = act
-    seq._modules[keys[i]] = bn
-    return f"{type(fused).__name__} -> {type(bn).__name__} + {type(act).__name__}"
-
-
-def fold_in_sequential(seq, keys, i):
-    bn = seq._modules[keys[i]]
-    if i == 0:
-        raise NotFusable("first module of its nn.Sequential, no Conv/Linear before it")
-    layer = seq._modules[keys[i - 1]]
-    reason = fold_reason(layer, bn)
-    if reason:
-        raise NotFusable(reason)
-    fold_into(layer, bn)
-    act = batch_norm_from_fused(bn)[1] if is_fused(bn) else nn.Identity()
-    seq._modules[keys[i]] = act
-    return f"folded into {type(layer).__name__} {keys[i - 1]}, keeps {type(act).__name__}"

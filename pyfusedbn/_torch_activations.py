@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._foreign_layers import timm_activation
 from .activations import resolve_activation
 
 
@@ -85,8 +86,11 @@ def _checked(name, param, what):
 
 
 def module_activation(module):
-    """(activation, activation_param) for an activation module; NotFusable otherwise."""
+    """(activation, activation_param) for an activation module (torch's, or timm's by class
+    name); NotFusable otherwise."""
     rule = _MODULES.get(type(module))
+    if rule is None and timm_activation(type(module)) is not None:
+        return timm_activation(type(module)), None
     if rule is None:
         raise NotFusable(f"{type(module).__name__} is not a supported activation")
     return _checked(*rule(module), type(module).__name__)

@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import _fx_passes, _module_swap
+from . import _fx_fold, _fx_passes, _module_swap, _sequential_passes
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -39,7 +39,7 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wanted):
+def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wanted, alone=None):
     if not isinstance(model, nn.Module):
         raise TypeError(f"pyfusedbn.{operation}: model must be an nn.Module, "
                         f"got {type(model).__name__}")
@@ -53,7 +53,8 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
         model = gm
     else:
         report.method = f"found by module order inside nn.Sequential ({untraced})"
-        _module_swap.sequential_pass(model, report, sequential_rewrite, wanted, untraced)
+        _sequential_passes.sequential_pass(model, report, sequential_rewrite, wanted, untraced,
+                                           alone)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
 
@@ -74,7 +75,8 @@ def convert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.M
     `model` (an optimizer built on them keeps working); use the returned model, not `model`.
     """
     return _run("convert", model, inplace, trace, _fx_passes.convert_graph,
-                _module_swap.convert_in_sequential, _module_swap.is_plain_batch_norm)
+                _sequential_passes.convert_in_sequential, _module_swap.is_convertible_norm,
+                _sequential_passes.convert_alone)
 
 
 def revert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
@@ -82,7 +84,8 @@ def revert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Mo
     sharing the same state: the inverse of convert. Outside a traceable forward, only BatchNormAct
     followed by nn.Identity in an nn.Sequential can be restored (as convert leaves them)."""
     return _run("revert", model, inplace, trace, _fx_passes.revert_graph,
-                _module_swap.revert_in_sequential, _module_swap.is_fused)
+                _sequential_passes.revert_in_sequential, _module_swap.is_fused,
+                _sequential_passes.revert_alone)
 
 
 def fold(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
@@ -91,6 +94,5 @@ def fold(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Modu
     absent), leaving the activation (and the residual add) as plain torch. Outputs are the same in
     eval mode; BatchNorms in training mode are left alone. A Linear is assumed to see (N, features)
     input, as nn.BatchNorm1d after it normalises dimension 1."""
-    return _run("fold", model, inplace, trace, _fx_passes.fold_graph,
-                _module_swap.fold_in_sequential,
-                lambda m: _module_swap.is_plain_batch_norm(m) or _module_swap.is_fused(m))
+    return _run("fold", model, inplace, trace, _fx_fold.fold_graph,
+                _sequential_passes.fold_in_sequential, _module_swap.is_foldable_norm)

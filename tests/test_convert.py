@@ -247,8 +247,10 @@ TWO_INPUTS = [
     ("other.add_", lambda y, r: F.relu(r.add_(y)), "writes into the other operand"),
     ("alpha", lambda y, r: F.relu(torch.add(y, r, alpha=2)), "alpha"),
     ("constant", lambda y, r: F.relu(y + 1.0), "not a separate tensor"),
-    ("add_two_users", lambda y, r: (lambda s: F.relu(s) * s)(y + r), "2 users"),
-    ("no_activation", lambda y, r: y + r, "not a supported activation"),
+    # BatchNorm + add with no activation after it (the linear bottleneck): fused, "identity".
+    ("add_two_users", lambda y, r: (lambda s: F.relu(s) * s)(y + r), None),
+    ("no_activation", lambda y, r: y + r, None),
+    ("unsupported_activation", lambda y, r: F.hardtanh(y + r), None),
     ("input_mutated", lambda y, r: F.relu(y + r), "modified in place"),
     ("traced_parameter", lambda y, r: F.leaky_relu(y, r.shape[0] * 0.1), "not a constant"),
 ]

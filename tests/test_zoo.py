@@ -1,0 +1,90 @@
+"""convert on real torchvision and timm classifiers (random init, small inputs): what it fuses,
+why it leaves the rest, and that a training step and an eval forward match the original's.
+The full zoo with timings is benchmarks/model_zoo.py. `make test-zoo` installs the libraries."""
+import copy
+import re
+
+import pytest
+import torch
+
+import pyfusedbn
+from benchmarks import zoo_models
+from helpers import TOLERANCE
+
+LIBRARIES = zoo_models.import_libraries()
+
+# (library, model) -> BatchNorms fused / total (benchmarks/model_zoo.py runs all 18). Every
+# BatchNorm followed by an activation or by a residual add that it alone feeds is fused.
+SUBSET = {
+    ("torchvision", "resnet18"): (17, 20),            # residual adds + ReLU
+    ("torchvision", "mobilenet_v3_small"): (29, 34),  # linear bottleneck adds, Hardswish
+    ("timm", "efficientnet_b0"): (42, 49),            # timm BatchNormAct2d (SiLU / apply_act=False)
+    ("timm", "regnety_002"): (40, 44),                # timm ConvNormAct, downsample shortcuts
+}
+
+# Why the others are left: the other operand of an add already fused into another BatchNorm
+# (a downsample shortcut), an output that also feeds the next block (2 users), or a convolution
+# or stochastic depth after it.
+LEFT_BECAUSE = re.compile(r"its output is the residual of |the BatchNorm output has 2 users |"
+                          r"followed by \S+ \((Conv2d|StochasticDepth)\)")
+
+
+def _case_id(case):
+    return f"{case[0]}-{case[1]}"
+
+
+def _build(case):
+    library, name = case
+    if isinstance(LIBRARIES[library], str):
+        pytest.skip(LIBRARIES[library])
+    torch.manual_seed(0)
+    return zoo_models.build(LIBRARIES, library, name)
+
+
+@pytest.mark.parametrize("case", list(SUBSET), ids=_case_id)
+def test_zoo_model_converts_exactly(case):
+    original = _build(case)
+    converted = pyfusedbn.convert(original)
+    report = converted.pyfusedbn_report
+    fused = sum(isinstance(m, pyfusedbn.modules._BatchNormAct) for m in converted.modules())
+    assert (fused, zoo_models.count_batch_norms(original)) == SUBSET[case], report
+    for name, why in report.skipped:
+        assert LEFT_BECAUSE.match(why), (name, why)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        name, diff = zoo_models.largest_difference(
+            {"output": copy.deepcopy(converted).eval()(x)},
+            {"output": copy.deepcopy(original).eval()(x)})
+    assert diff <= TOLERANCE[torch.float32], (name, diff)
+    actual = zoo_models.train_step(copy.deepcopy(converted).double(), x.double())
+    expected = zoo_models.train_step(copy.deepcopy(original).double(), x.double())
+    name, diff = zoo_models.largest_difference(actual, expected)
+    assert diff <= TOLERANCE[torch.float64], (name, diff)
+
+
+@pytest.mark.parametrize("case", [c for c in SUBSET if c[0] == "timm"][:2], ids=_case_id)
+def test_timm_model_reverts_to_timm_classes(case):
+    original = _build(case)
+    reverted = pyfusedbn.revert(pyfusedbn.convert(original))
+    classes = lambda model: sorted(type(m).__name__ for m in model.modules()  # noqa: E731
+                                   if zoo_models.is_batch_norm(m))
+    assert classes(reverted) == classes(original)
+    assert set(reverted.state_dict()) == set(original.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reverted.eval()(x), original.eval()(x), atol=1e-5)
+
+
+def test_zoo_benchmark_runs_on_one_small_model(tmp_path):
+    if isinstance(LIBRARIES["torchvision"], str):
+        pytest.skip(LIBRARIES["torchvision"])
+    from benchmarks import model_zoo, report
+
+    rows = model_zoo.main(["--models", "torchvision/mobilenet_v3_small", "--batch", "2",
+                           "--size", "32", "--repeats", "1", "--out", str(tmp_path)])
+    (row,) = rows
+    assert (row["fused"], row["total"]) == SUBSET[("torchvision", "mobilenet_v3_small")]
+    assert row["exactness"]["train_float64"][1] <= TOLERANCE[torch.float64]
+    with open(report.write_report(str(tmp_path), plots=False)) as f:
+        text = f.read()
+    assert "## Model zoo" in text and "torchvision mobilenet_v3_small | 29/34" in text
