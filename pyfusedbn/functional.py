@@ -66,8 +66,9 @@ def batch_norm_act(
 
 class BatchNormActFunction(torch.autograd.Function):
     """Forward: one op (statistics, running-stat update, normalise/affine/residual/activation).
-    Backward: the reduce op then the elementwise op. Saves input, mean and invstd (and residual
-    when given: the activation's derivative needs the full pre-activation value)."""
+    Backward: one op (reduce, per-channel finalize, elementwise pass). Saves input, mean and
+    invstd (and residual when given: the activation's derivative needs the full pre-activation
+    value)."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
@@ -76,8 +77,6 @@ class BatchNormActFunction(torch.autograd.Function):
                                            running_var, training, momentum, eps, activation,
                                            activation_param, any(ctx.needs_input_grad[:4]))
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
-        # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
-        ctx.memory_format = _memory_format(input)
         ctx.training = training
         ctx.eps = eps
         ctx.activation = activation
@@ -87,58 +86,40 @@ class BatchNormActFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         input, weight, bias, residual, mean, invstd = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate a composite of torch ops instead.
             grads = _composite_backward(ctx, grad_out, input, weight, bias, residual)
+            grads = tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad))
         else:
             grads = _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd)
-        grad_input, grad_weight, grad_bias, grad_residual = grads
-        return (grad_input if need_input else None, grad_weight if need_weight else None,
-                grad_bias if need_bias else None, grad_residual if need_residual else None,
-                None, None, None, None, None, None, None)
+        return grads + (None,) * 7
 
 
 def _fused_forward(input, weight, bias, residual, running_mean, running_var, training, momentum,
                    eps, activation, activation_param, need_backward=True):
-    """(output, mean, invstd): the training op (batch statistics) or the eval op (running ones).
-    In eval mode without backward (inference, export) mean and invstd are None: not computed."""
+    """(output, mean, invstd), each one op: the training op (batch statistics) or an eval op
+    (running ones). In eval mode without backward (inference, export) mean and invstd are None:
+    not computed."""
     if training:
         return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
                                         momentum, eps, activation, activation_param)
+    # torch.export traces the forward only: nothing will read the statistics.
+    if need_backward and not torch.compiler.is_exporting():
+        # Copies of the statistics: the buffers may be updated in place before backward runs.
+        return ops.batch_norm_act_eval_for_backward(input, running_mean, running_var, weight, bias,
+                                                    residual, eps, activation, activation_param)
     out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias, residual, eps,
                                   activation, activation_param)
-    if not need_backward:
-        return out, None, None
-    # Copies: the buffers may be updated in place before backward runs.
-    acc = acc_dtype(input.dtype)
-    return out, running_mean.to(acc, copy=True), torch.rsqrt(running_var.to(acc) + eps)
+    return out, None, None
 
 
 def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd, from_output=False):
-    """The two backward ops. `input` is what forward saved: its input, or with from_output=True
-    its output (the memory-saving mode rebuilds the pre-activation from it)."""
-    need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
-    grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
-    act, param = ctx.activation, ctx.activation_param
-    grad_weight = grad_bias = sum_g = sum_g_xhat = None
-    if ctx.training or need_weight or need_bias:
-        sum_g, sum_g_xhat = ops.batch_norm_act_backward_reduce(
-            grad_out, input, mean, invstd, weight, bias, residual, act, param, from_output)
-        if need_weight:
-            grad_weight = sum_g_xhat.to(weight.dtype)
-        if need_bias:
-            grad_bias = sum_g.to(bias.dtype)
-    grad_input = grad_residual = None
-    if need_input or need_residual:
-        mean_g = mean_g_xhat = None
-        if ctx.training:
-            count = max(input.numel() // max(input.shape[1], 1), 1)
-            mean_g, mean_g_xhat = sum_g / count, sum_g_xhat / count
-        grad_input, grad_residual = ops.batch_norm_act_backward_elemt(
-            grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act, param,
-            from_output)
-    return grad_input, grad_weight, grad_bias, grad_residual
+    """(grad_input, grad_weight, grad_bias, grad_residual) from the one backward op, None where
+    ctx.needs_input_grad says no. `input` is what forward saved: its input, or with
+    from_output=True its output (the memory-saving mode rebuilds the pre-activation from it)."""
+    return tuple(ops.batch_norm_act_backward(
+        grad_out, input, mean, invstd, weight, bias, residual, ctx.training, ctx.activation,
+        ctx.activation_param, from_output, ctx.needs_input_grad[:4]))
 
 
 def _memory_format(t):
