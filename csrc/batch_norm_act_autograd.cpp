@@ -30,7 +30,8 @@ c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
 
 using TrainSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
                                                     const OptTensor&, const OptTensor&, const OptTensor&,
-                                                    double, double, const std::string&, double);
+                                                    double, double, const std::string&, double,
+                                                    const OptTensor&);
 using EvalSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
                        const OptTensor&, double, const std::string&, double);
 using EvalStatsSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
@@ -49,11 +50,13 @@ std::tuple<Tensor, Tensor, Tensor> forward_ops(const Tensor& input, const OptTen
                                                const OptTensor& residual, const OptTensor& running_mean,
                                                const OptTensor& running_var, bool training, double momentum,
                                                double eps, const std::string& activation, double param,
-                                               bool need_backward) {
+                                               const OptTensor& num_batches_tracked, bool need_backward) {
   if (training) {
     static const auto train = op_handle<TrainSig>("pyfusedbn::batch_norm_act_train");
-    return train.call(input, weight, bias, residual, running_mean, running_var, momentum, eps, activation, param);
+    return train.call(input, weight, bias, residual, running_mean, running_var, momentum, eps, activation, param,
+                      num_batches_tracked);
   }
+  if (num_batches_tracked.has_value()) num_batches_tracked->add_(1);
   TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
               "batch_norm_act: running_mean and running_var must be defined in evaluation mode (training=False)");
   if (need_backward) {
@@ -67,21 +70,32 @@ std::tuple<Tensor, Tensor, Tensor> forward_ops(const Tensor& input, const OptTen
 
 class BatchNormActFunction : public torch::autograd::Function<BatchNormActFunction> {
  public:
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight, const Tensor& bias,
-                        const Tensor& residual, const Tensor& running_mean, const Tensor& running_var,
+  // Optional tensors go in as c10::optional: a None is then no autograd input at all, so
+  // needs_input_grad counts only the given tensors (see grad_mask).
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                        const OptTensor& residual, const OptTensor& running_mean, const OptTensor& running_var,
                         bool training, double momentum, double eps, const std::string& activation,
-                        double param, bool need_backward) {
+                        double param, const OptTensor& num_batches_tracked, bool need_backward) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto [out, mean, invstd] =
-        forward_ops(input, defined_or_none(weight), defined_or_none(bias), defined_or_none(residual),
-                    defined_or_none(running_mean), defined_or_none(running_var), training, momentum, eps,
-                    activation, param, need_backward);
-    ctx->save_for_backward({input, weight, bias, residual, mean, invstd});
+    auto [out, mean, invstd] = forward_ops(input, weight, bias, residual, running_mean, running_var, training,
+                                           momentum, eps, activation, param, num_batches_tracked, need_backward);
+    auto value = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
+    ctx->save_for_backward({input, value(weight), value(bias), value(residual), mean, invstd});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
     ctx->saved_data["param"] = param;
     return out;
+  }
+
+  // Which of (input, weight, bias, residual) need a gradient. needs_input_grad indexes the
+  // autograd inputs, which skip the arguments that were None.
+  static std::array<bool, 4> grad_mask(AutogradContext* ctx, const variable_list& saved) {
+    std::array<bool, 4> mask{};
+    size_t index = 0;
+    for (size_t i = 0; i < 4; ++i)
+      if (saved[i].defined()) mask[i] = ctx->needs_input_grad(index++);
+    return mask;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -92,8 +106,7 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     const bool training = ctx->saved_data["training"].toBool();
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const double param = ctx->saved_data["param"].toDouble();
-    const std::array<bool, 4> mask = {ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
-                                      ctx->needs_input_grad(3)};
+    const std::array<bool, 4> mask = grad_mask(ctx, saved);
     Grads grads;
     if (at::GradMode::is_enabled()) {
       // create_graph=True: gradients that are themselves differentiable.
@@ -108,31 +121,31 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     auto value = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
     return {value(std::get<0>(grads)), value(std::get<1>(grads)), value(std::get<2>(grads)),
             value(std::get<3>(grads)), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor()};
+            Tensor(), Tensor()};
   }
 };
 
 Tensor batch_norm_act_autograd(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
                                const OptTensor& residual, const OptTensor& running_mean,
                                const OptTensor& running_var, bool training, double momentum, double eps,
-                               const std::string& activation, double activation_param) {
-  auto value = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
+                               const std::string& activation, double activation_param,
+                               const OptTensor& num_batches_tracked) {
   // Inside forward grad mode is off, so whether anything will run backward is decided here.
   auto wants_grad = [](const OptTensor& t) { return t.has_value() && t->requires_grad(); };
   const bool need_backward = at::GradMode::is_enabled() && (input.requires_grad() || wants_grad(weight) ||
                                                             wants_grad(bias) || wants_grad(residual));
-  return BatchNormActFunction::apply(input, value(weight), value(bias), value(residual), value(running_mean),
-                                     value(running_var), training, momentum, eps, activation, activation_param,
-                                     need_backward);
+  return BatchNormActFunction::apply(input, weight, bias, residual, running_mean, running_var, training, momentum, eps, activation, activation_param,
+                                     num_batches_tracked, need_backward);
 }
 
 // Below autograd (inference mode, or a caller that excluded it): the forward alone.
 Tensor batch_norm_act_forward_only(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
                                    const OptTensor& residual, const OptTensor& running_mean,
                                    const OptTensor& running_var, bool training, double momentum, double eps,
-                                   const std::string& activation, double activation_param) {
+                                   const std::string& activation, double activation_param,
+                                   const OptTensor& num_batches_tracked) {
   return std::get<0>(forward_ops(input, weight, bias, residual, running_mean, running_var, training, momentum, eps,
-                                 activation, activation_param, false));
+                                 activation, activation_param, num_batches_tracked, false));
 }
 
 }  // namespace

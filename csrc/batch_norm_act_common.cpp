@@ -136,6 +136,14 @@ void update_running_stats(const OptTensor& running_mean, const OptTensor& runnin
   update(*running_var, var, momentum * bessel);
 }
 
+void check_batches_tracked(const OptTensor& t, const Tensor& input, const char* op) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, op, ": num_batches_tracked must be int64, got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->numel() == 1, op, ": num_batches_tracked must hold one value, got shape ", t->sizes());
+  TORCH_CHECK(t->device() == input.device(), op, ": num_batches_tracked is on ", t->device(), " but input is on ",
+              input.device(), "; expected all tensors on one device");
+}
+
 void check_eps_momentum(double eps, double momentum, const char* op) {
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0.0, op, ": eps must be a finite value >= 0, got ", eps);
   TORCH_CHECK_VALUE(std::isfinite(momentum) && momentum >= 0.0, op,

@@ -49,6 +49,8 @@ void update_running_stats(const OptTensor& running_mean, const OptTensor& runnin
                           const Tensor& mean, const Tensor& var, int64_t count, double momentum);
 
 void check_eps_momentum(double eps, double momentum, const char* op);
+// num_batches_tracked: one int64 value on input's device.
+void check_batches_tracked(const OptTensor& t, const Tensor& input, const char* op);
 
 // Per-channel accumulate-type vectors the backward passes read (workspace slots or tensors'
 // data): the rebuild coefficients (kernel_args.h, rebuild_pre_activation) and the elementwise
@@ -103,7 +105,7 @@ template <typename Backend>
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
     const Tensor& input, const OptTensor& weight, const OptTensor& bias, const OptTensor& residual,
     const OptTensor& running_mean, const OptTensor& running_var, double momentum, double eps,
-    const std::string& activation, double activation_param) {
+    const std::string& activation, double activation_param, const OptTensor& num_batches_tracked) {
   const char* op = "batch_norm_act_train";
   const ActKind act = parse_activation(activation);
   check_eps_momentum(eps, momentum, op);
@@ -114,6 +116,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
   check_per_channel(running_var, "running_var", input, op);
   TORCH_CHECK_VALUE(running_mean.has_value() == running_var.has_value(), op,
                     ": running_mean and running_var must both be given or both be None");
+  check_batches_tracked(num_batches_tracked, input, op);
   const OptTensor res = lay_out_like(residual, "residual", x, op);
   const int64_t count = x.shape.reduce_size();
   // torch's own check (F.batch_norm / _verify_batch_size), same type and wording.
@@ -124,7 +127,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
   const auto options = input.options().dtype(acc_type_of(input));
   Tensor out = empty_like_input(x);
   if (x.shape.numel() == 0) {
-    // An empty batch (or no channels) leaves the running statistics untouched, as torch does.
+    // An empty batch (or no channels) leaves the running statistics untouched, as torch does;
+    // it still counts as a batch.
+    if (num_batches_tracked.has_value()) num_batches_tracked->add_(1);
     return {out, at::zeros({channels}, options), at::zeros({channels}, options)};
   }
   // The stats kernel and the finalize step write every channel.
@@ -138,7 +143,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_train(
   const double bessel = static_cast<double>(count) / static_cast<double>(count - 1);
   Backend::finalize(input, ForwardStep{mean.data_ptr(), ws[0], &params, running.mean, running.var,
                                        running.is_acc, invstd.data_ptr(), ws[1], ws[2], eps, 1.0 - momentum,
-                                       momentum, momentum * bessel, channels});
+                                       momentum, momentum * bessel,
+                                       num_batches_tracked ? num_batches_tracked->data_ptr<int64_t>() : nullptr,
+                                       channels});
   if (running_mean.has_value() && running.mean == nullptr)
     update_running_stats(running_mean, running_var, mean, ws.tensor(0), count, momentum);
   Backend::apply(x.input, res, ws[1], ws[2], act, activation_param, out, x.shape);

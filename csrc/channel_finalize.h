@@ -66,6 +66,9 @@ struct ForwardFinalizeArgs {
   acc_t keep;
   acc_t mean_weight;
   acc_t var_weight;
+  // The module's num_batches_tracked, incremented once per call (by channel 0's step) so that
+  // torch's bookkeeping costs no op of its own; nullptr: the caller counts.
+  int64_t* batches_tracked;
   int64_t channels;
 };
 
@@ -79,6 +82,7 @@ FBN_HOST_DEVICE void finalize_forward_channel(const ForwardFinalizeArgs<acc_t, p
   a.invstd[c] = invstd;
   a.scale[c] = affine.scale;
   a.shift[c] = affine.shift;
+  if (c == 0 && a.batches_tracked) *a.batches_tracked += 1;
   if (a.running_mean) {
     // Updated in the accumulate type and rounded once (half/bfloat16 buffers).
     const acc_t rm = Convert::template to_acc<acc_t>(a.running_mean[c]);

@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 
+#include <vector>
+
 #include "channel_finalize.h"
 
 namespace pyfusedbn {
@@ -19,21 +21,33 @@ using OptTensor = c10::optional<Tensor>;
 // float32 input, float64 for float64 input.
 inline at::ScalarType acc_type_of(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
-// `count` vectors of C accumulate-type values in one allocation (one host op for all of a
-// call's per-channel scratch).
+// `count` vectors of C accumulate-type values in one allocation: on the CPU plain host memory
+// (no torch op at all), on a GPU one allocation from torch's caching allocator.
 class ChannelWorkspace {
  public:
   ChannelWorkspace(const Tensor& like, int64_t channels, int count)
-      : storage_(at::empty({channels * count}, like.options().dtype(acc_type_of(like)))),
-        stride_bytes_(channels * static_cast<int64_t>(storage_.element_size())) {}
-  void* operator[](int i) const { return static_cast<char*>(storage_.data_ptr()) + i * stride_bytes_; }
-  // A tensor view of one vector (for the rare host-side fallbacks).
-  Tensor tensor(int i) const { return storage_.narrow(0, i * (stride_bytes_ / storage_.element_size()),
-                                                     stride_bytes_ / storage_.element_size()); }
+      : options_(like.options().dtype(acc_type_of(like))),
+        channels_(channels),
+        stride_bytes_(channels * static_cast<int64_t>(c10::elementSize(acc_type_of(like)))) {
+    if (like.is_cpu()) {
+      host_.resize(static_cast<size_t>((stride_bytes_ * count + 7) / 8));  // doubles: 8-byte aligned
+      base_ = host_.data();
+    } else {
+      device_ = at::empty({channels * count}, options_);
+      base_ = device_.data_ptr();
+    }
+  }
+  void* operator[](int i) const { return static_cast<char*>(base_) + i * stride_bytes_; }
+  // A tensor view of one vector (for the rare host-side fallbacks); valid while this lives.
+  Tensor tensor(int i) const { return at::from_blob((*this)[i], {channels_}, options_); }
 
  private:
-  Tensor storage_;
+  at::TensorOptions options_;
+  int64_t channels_;
   int64_t stride_bytes_;
+  std::vector<double> host_;
+  Tensor device_;
+  void* base_ = nullptr;
 };
 
 // weight and bias as the kernels read them: both in the accumulate type or both in the input's
@@ -61,6 +75,7 @@ struct ForwardStep {
   void* scale;
   void* shift;
   double eps, keep, mean_weight, var_weight;
+  int64_t* batches_tracked;
   int64_t channels;
 };
 
@@ -111,7 +126,8 @@ ForwardFinalizeArgs<acc_t, param_t, running_t> typed_args(const ForwardStep& s) 
           static_cast<acc_t*>(s.invstd),              static_cast<acc_t*>(s.scale),
           static_cast<acc_t*>(s.shift),               static_cast<acc_t>(s.eps),
           static_cast<acc_t>(s.keep),                 static_cast<acc_t>(s.mean_weight),
-          static_cast<acc_t>(s.var_weight),           s.channels};
+          static_cast<acc_t>(s.var_weight),           s.batches_tracked,
+          s.channels};
 }
 
 template <typename acc_t, typename param_t, typename running_t>

@@ -19,10 +19,12 @@ TORCH_LIBRARY(pyfusedbn, m) {
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
   // Training forward: batch statistics, running-stat update (in place), normalise + affine +
   // residual + activation in one pass. save_mean/save_invstd feed the backward ops.
+  // num_batches_tracked (a module's counter) is incremented by one when given.
   m.def(
       "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps, "
-      "str activation, float activation_param) -> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+      "str activation, float activation_param, Tensor(c!)? num_batches_tracked=None) "
+      "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
   // Inference forward from running statistics.
   m.def(
       "batch_norm_act_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
@@ -66,7 +68,7 @@ TORCH_LIBRARY(pyfusedbn, m) {
   m.def(
       "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, float eps, "
-      "str activation, float activation_param) -> Tensor");
+      "str activation, float activation_param, Tensor(c!)? num_batches_tracked=None) -> Tensor");
   // batch_norm_act's backward as differentiable torch ops, for create_graph=True (double
   // backward); implemented in Python (pyfusedbn/functional.py) as CompositeImplicitAutograd.
   m.def(

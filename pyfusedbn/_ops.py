@@ -26,6 +26,7 @@ OP_NAMES = (
 # The one-call forms the autograd path uses (the ops above stay for SyncBatchNormAct, which
 # communicates between the passes).
 FUSED_OP_NAMES = (
+    "batch_norm_act",
     "batch_norm_act_eval_for_backward",
     "batch_norm_act_backward",
 )
@@ -66,9 +67,10 @@ def _stats_fake(input):
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_train")
 def _train_fake(input, weight, bias, residual, running_mean, running_var, momentum, eps,
-                activation, activation_param):
+                activation, activation_param, num_batches_tracked=None):
     _check_devices("batch_norm_act_train", input, weight=weight, bias=bias, residual=residual,
-                   running_mean=running_mean, running_var=running_var)
+                   running_mean=running_mean, running_var=running_var,
+                   num_batches_tracked=num_batches_tracked)
     return _like_input(input), _per_channel(input), _per_channel(input)
 
 
@@ -77,6 +79,15 @@ def _eval_fake(input, running_mean, running_var, weight, bias, residual, eps, ac
                activation_param):
     _check_devices("batch_norm_act_eval", input, weight=weight, bias=bias, residual=residual,
                    running_mean=running_mean, running_var=running_var)
+    return _like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act")
+def _layer_fake(input, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+                activation, activation_param, num_batches_tracked=None):
+    _check_devices("batch_norm_act", input, weight=weight, bias=bias, residual=residual,
+                   running_mean=running_mean, running_var=running_var,
+                   num_batches_tracked=num_batches_tracked)
     return _like_input(input)
 
 
