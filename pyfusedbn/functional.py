@@ -99,6 +99,8 @@ _RESOLVED_ACTIVATIONS = {}
 
 
 def _resolved_activation(activation, activation_param):
+    if torch.compiler.is_compiling():  # a graph resolves once; guarding on the cache would recompile
+        return resolve_activation(activation, activation_param)
     key = (activation, type(activation_param), activation_param)
     try:
         return _RESOLVED_ACTIVATIONS[key]
