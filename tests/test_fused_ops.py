@@ -150,3 +150,27 @@ def test_low_precision_running_buffers_are_rounded_once(dtype, generator):
         step = torch.finfo(dtype).eps * exact.abs() + torch.finfo(dtype).tiny
         diff = (got.double() - exact).abs()
         assert (diff <= step).all(), f"{name}: {got} vs float64 {exact}"
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+def test_opcheck_layer_op(training, residual, generator):
+    """The layer op with its C++ autograd: schema (running statistics and num_batches_tracked
+    mutated), fake kernel, autograd registration, AOT dispatch."""
+    x = random_input(SHAPE, torch.float32, torch.channels_last, generator).requires_grad_()
+    res = random_input(SHAPE, torch.float32, torch.channels_last, generator, mean=0.0) if residual else None
+    w = per_channel(generator, torch.float32, True).requires_grad_()
+    args = (x, w, per_channel(generator, torch.float32), res, per_channel(generator, torch.float32),
+            per_channel(generator, torch.float32, True), training, 0.1, 1e-5) + ACT
+    torch.library.opcheck(ops.batch_norm_act.default, args + (torch.zeros((), dtype=torch.long),))
+
+
+def test_layer_op_counts_batches(generator):
+    counter = torch.zeros((), dtype=torch.long)
+    x = random_input(SHAPE, torch.float32, torch.contiguous_format, generator)
+    for expected in (1, 2):
+        ops.batch_norm_act(x, None, None, None, torch.zeros(5), torch.ones(5), True, 0.1, 1e-5, *ACT, counter)
+        assert counter.item() == expected
+    empty = torch.empty(0, 5, 2, 2)  # an empty batch still counts, as in torch's _BatchNorm
+    ops.batch_norm_act(empty, None, None, None, torch.zeros(5), torch.ones(5), True, 0.1, 1e-5, *ACT, counter)
+    assert counter.item() == 3
