@@ -1,11 +1,11 @@
-"""The one-call ops of the autograd path, batch_norm_act_backward and
-batch_norm_act_eval_for_backward: opcheck, output_mask, agreement with the two-pass ops the
+"""The one-call ops of the autograd path, batch_norm_act (the layer, autograd in C++),
+batch_norm_act_backward and batch_norm_act_eval_for_backward: opcheck, output_mask, agreement with the two-pass ops the
 synchronised BatchNorm uses, and the per-channel finalize step's dtype classes (weight/bias and
 running buffers in the input's half/bfloat16 type or in float32) against a float64 reference."""
 import pytest
 import torch
-import torch.nn.functional as F
 
+import pyfusedbn
 from helpers import TOLERANCE, assert_close, random_input, reference_batch_norm_act
 from pyfusedbn._ops import ops
 
@@ -113,8 +113,6 @@ def test_parameter_and_buffer_dtypes(dtype, pdtype, rdtype, training, generator)
     bias = per_channel(generator, pdtype).requires_grad_()
     running = (per_channel(generator, rdtype), per_channel(generator, rdtype, True))
     dy = random_input(SHAPE, dtype, torch.contiguous_format, generator, mean=0.0)
-    import pyfusedbn
-
     mean, var = running[0].clone(), running[1].clone()
     out = pyfusedbn.batch_norm_act(x, mean, var, weight, bias, training, 0.3, 1e-5, "elu", None)
     grads = torch.autograd.grad(out, (x, weight, bias), dy)
