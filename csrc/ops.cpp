@@ -19,14 +19,22 @@ TORCH_LIBRARY(pyfusedbn, m) {
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
   // Training forward: batch statistics, running-stat update (in place), normalise + affine +
   // residual + activation in one pass. save_mean/save_invstd feed the backward ops.
+  // num_batches_tracked (a module's counter) is incremented by one when given.
   m.def(
       "batch_norm_act_train(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps, "
-      "str activation, float activation_param) -> (Tensor out, Tensor save_mean, Tensor save_invstd)");
+      "str activation, float activation_param, Tensor(c!)? num_batches_tracked=None) "
+      "-> (Tensor out, Tensor save_mean, Tensor save_invstd)");
   // Inference forward from running statistics.
   m.def(
       "batch_norm_act_eval(Tensor input, Tensor running_mean, Tensor running_var, Tensor? weight, "
       "Tensor? bias, Tensor? residual, float eps, str activation, float activation_param) -> Tensor");
+  // Eval forward that also returns the running statistics as (mean, invstd) in the accumulate
+  // dtype, for a backward through an eval-mode layer (frozen statistics, trainable affine).
+  m.def(
+      "batch_norm_act_eval_for_backward(Tensor input, Tensor running_mean, Tensor running_var, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, float eps, str activation, "
+      "float activation_param) -> (Tensor out, Tensor save_mean, Tensor save_invstd)");
   // Forward from given statistics (used by the synchronised BatchNorm after its all-gather).
   m.def(
       "batch_norm_act_apply(Tensor input, Tensor mean, Tensor invstd, Tensor? weight, Tensor? bias, "
@@ -45,6 +53,29 @@ TORCH_LIBRARY(pyfusedbn, m) {
       "Tensor? weight, Tensor? bias, Tensor? residual, Tensor? mean_g, Tensor? mean_g_xhat, "
       "str activation, float activation_param, bool from_output=False) "
       "-> (Tensor grad_input, Tensor grad_residual)");
+  // The whole backward in one call: reduce (when training or weight/bias need gradients), the
+  // per-channel finalize, elementwise pass (when input/residual need gradients). output_mask:
+  // which of (input, weight, bias, residual) need a gradient; the others come back None.
+  // `training`: the forward used batch statistics (so they depend on the input).
+  m.def(
+      "batch_norm_act_backward(Tensor grad_out, Tensor saved, Tensor mean, Tensor invstd, "
+      "Tensor? weight, Tensor? bias, Tensor? residual, bool training, str activation, "
+      "float activation_param, bool from_output, bool[4] output_mask) "
+      "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
+  // The whole layer, forward with its autograd (csrc/batch_norm_act_autograd.cpp): the training
+  // forward (batch statistics, running statistics updated in place) or the eval forward, and
+  // batch_norm_act_backward as its backward.
+  m.def(
+      "batch_norm_act(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, float eps, "
+      "str activation, float activation_param, Tensor(c!)? num_batches_tracked=None) -> Tensor");
+  // batch_norm_act's backward as differentiable torch ops, for create_graph=True (double
+  // backward); implemented in Python (pyfusedbn/functional.py) as CompositeImplicitAutograd.
+  m.def(
+      "batch_norm_act_composite_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, Tensor mean, Tensor invstd, bool training, float eps, str activation, "
+      "float activation_param, bool[4] output_mask) "
+      "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
   // How many kernel launches a device's compiled code has made: lets tests prove that the
   // compiled kernels, not some Python reference, produced the numbers.
   m.def("kernel_calls(str device) -> int", &pyfusedbn::kernel_calls);

@@ -23,6 +23,13 @@ OP_NAMES = (
     "batch_norm_act_backward_reduce",
     "batch_norm_act_backward_elemt",
 )
+# The one-call forms the autograd path uses (the ops above stay for SyncBatchNormAct, which
+# communicates between the passes).
+FUSED_OP_NAMES = (
+    "batch_norm_act",
+    "batch_norm_act_eval_for_backward",
+    "batch_norm_act_backward",
+)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -60,9 +67,10 @@ def _stats_fake(input):
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_train")
 def _train_fake(input, weight, bias, residual, running_mean, running_var, momentum, eps,
-                activation, activation_param):
+                activation, activation_param, num_batches_tracked=None):
     _check_devices("batch_norm_act_train", input, weight=weight, bias=bias, residual=residual,
-                   running_mean=running_mean, running_var=running_var)
+                   running_mean=running_mean, running_var=running_var,
+                   num_batches_tracked=num_batches_tracked)
     return _like_input(input), _per_channel(input), _per_channel(input)
 
 
@@ -72,6 +80,23 @@ def _eval_fake(input, running_mean, running_var, weight, bias, residual, eps, ac
     _check_devices("batch_norm_act_eval", input, weight=weight, bias=bias, residual=residual,
                    running_mean=running_mean, running_var=running_var)
     return _like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act")
+def _layer_fake(input, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+                activation, activation_param, num_batches_tracked=None):
+    _check_devices("batch_norm_act", input, weight=weight, bias=bias, residual=residual,
+                   running_mean=running_mean, running_var=running_var,
+                   num_batches_tracked=num_batches_tracked)
+    return _like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_eval_for_backward")
+def _eval_for_backward_fake(input, running_mean, running_var, weight, bias, residual, eps,
+                            activation, activation_param):
+    _check_devices("batch_norm_act_eval_for_backward", input, weight=weight, bias=bias,
+                   residual=residual, running_mean=running_mean, running_var=running_var)
+    return _like_input(input), _per_channel(input), _per_channel(input)
 
 
 @torch.library.register_fake("pyfusedbn::batch_norm_act_apply")
@@ -97,3 +122,18 @@ def _elemt_fake(grad_out, saved, mean, invstd, weight, bias, residual, mean_g, m
                    mean_g_xhat=mean_g_xhat)
     grad_residual = _like_input(saved) if residual is not None else saved.new_empty((0,))
     return _like_input(saved), grad_residual
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward")
+def _backward_fake(grad_out, saved, mean, invstd, weight, bias, residual, training, activation,
+                   activation_param, from_output, output_mask):
+    _check_devices("batch_norm_act_backward", saved, grad_out=grad_out, mean=mean, invstd=invstd,
+                   weight=weight, bias=bias, residual=residual)
+    need_input, need_weight, need_bias, need_residual = output_mask
+    # Parameter gradients in the parameter's dtype (the C++ op computes them there).
+    return (_like_input(saved) if need_input else None,
+            torch.empty_like(weight, memory_format=torch.contiguous_format)
+            if need_weight and weight is not None else None,
+            torch.empty_like(bias, memory_format=torch.contiguous_format)
+            if need_bias and bias is not None else None,
+            _like_input(saved) if need_residual and residual is not None else None)

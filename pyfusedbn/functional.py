@@ -1,12 +1,13 @@
-"""batch_norm_act: y = act(BatchNorm(x) + residual) as one fused op, and its autograd.Function."""
+"""batch_norm_act: y = act(BatchNorm(x) + residual) as one fused op, and its autograd."""
 import numbers
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._ops import acc_dtype, ops
-from .activations import ACTIVATIONS, resolve_activation
+from ._composite import composite_grads
+from ._ops import ops
+from .activations import resolve_activation
 from .memory_efficient import apply_memory_efficient, check_memory_efficient
 
 
@@ -37,37 +38,85 @@ def batch_norm_act(
     activations only: identity, leaky_relu, elu; |weight| clamped to >= MIN_WEIGHT); inplace=True
     also writes the result into input's storage. See pyfusedbn/memory_efficient.py.
     """
-    activation, activation_param = resolve_activation(activation, activation_param)
+    activation, activation_param = _resolved_activation(activation, activation_param)
     check_memory_efficient(memory_efficient, inplace, activation, activation_param)
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm_act: input must be a Tensor, got {type(input).__name__}")
-    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
-        raise TypeError(f"batch_norm_act: momentum must be a float, got {momentum!r}")
-    if not isinstance(eps, numbers.Real) or isinstance(eps, bool):
-        raise TypeError(f"batch_norm_act: eps must be a float, got {eps!r}")
+    momentum, eps = checked_float("momentum", momentum), checked_float("eps", eps)
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
                            "evaluation mode (training=False)")
-    if (isinstance(residual, Tensor) and residual.dtype != input.dtype and not inplace
+    return fused_batch_norm_act(input, running_mean, running_var, weight, bias, bool(training),
+                                momentum, eps, activation, activation_param,
+                                residual, bool(memory_efficient), bool(inplace))
+
+
+def checked_float(name, value):
+    """float(value), or a TypeError naming the argument unless it is a real number (not a bool)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"batch_norm_act: {name} must be a float, got {value!r}")
+    return float(value)
+
+
+# The layer op, looked up once (torch.ops attribute access resolves it on every call).
+_LAYER_OP = ops.batch_norm_act.default
+
+
+def fused_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                         activation, activation_param, residual, memory_efficient, inplace,
+                         num_batches_tracked=None):
+    """batch_norm_act on checked arguments (activation resolved, memory_efficient/inplace
+    validated, training a bool, momentum and eps floats): the modules' per-call path.
+    num_batches_tracked, when given, is incremented by one (by the op itself in eager mode)."""
+    if (residual is not None and residual.dtype != input.dtype and not inplace
             and torch.is_autocast_enabled(input.device.type)):
         # Under autocast `batch_norm(x) + residual` promotes (e.g. a bfloat16 convolution output
         # plus a float32 shortcut gives float32); so does the fused op, so that convert() keeps
         # such models running. Outside autocast a dtype mismatch stays an error.
         dtype = torch.promote_types(input.dtype, residual.dtype)
         input, residual = input.to(dtype), residual.to(dtype)
-    if memory_efficient:
-        return apply_memory_efficient(input, weight, bias, residual, running_mean, running_var,
-                                      bool(training), float(momentum), float(eps), activation,
-                                      activation_param, bool(inplace))
-    return BatchNormActFunction.apply(input, weight, bias, residual, running_mean, running_var,
-                                      bool(training), float(momentum), float(eps), activation,
-                                      activation_param)
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if memory_efficient or tracing:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        if memory_efficient:
+            return apply_memory_efficient(input, weight, bias, residual, running_mean, running_var,
+                                          training, momentum, eps, activation, activation_param,
+                                          inplace)
+        # Dynamo and export trace this Python autograd.Function into their graphs.
+        return BatchNormActFunction.apply(input, weight, bias, residual, running_mean,
+                                          running_var, training, momentum, eps, activation,
+                                          activation_param)
+    # Eager: one op whose autograd is registered in C++ (csrc/batch_norm_act_autograd.cpp), so
+    # neither direction runs Python.
+    return _LAYER_OP(input, weight, bias, residual, running_mean, running_var, training, momentum,
+                     eps, activation, activation_param, num_batches_tracked)
+
+
+# resolve_activation's answers (per layer call, its checks cost as much host time as a kernel
+# dispatch): keyed by the parameter's type too, so that True (refused) is never 1.0 (accepted).
+_RESOLVED_ACTIVATIONS = {}
+
+
+def _resolved_activation(activation, activation_param):
+    if torch.compiler.is_compiling():  # a graph resolves once; guarding on the cache would recompile
+        return resolve_activation(activation, activation_param)
+    key = (activation, type(activation_param), activation_param)
+    try:
+        return _RESOLVED_ACTIVATIONS[key]
+    except (KeyError, TypeError):  # TypeError: an unhashable argument, which resolve refuses
+        resolved = resolve_activation(activation, activation_param)
+        if len(_RESOLVED_ACTIVATIONS) < 1024:
+            _RESOLVED_ACTIVATIONS[key] = resolved
+        return resolved
 
 
 class BatchNormActFunction(torch.autograd.Function):
-    """Forward: one op (statistics, running-stat update, normalise/affine/residual/activation).
-    Backward: the reduce op then the elementwise op. Saves input, mean and invstd (and residual
-    when given: the activation's derivative needs the full pre-activation value)."""
+    """The autograd of batch_norm_act under torch.compile and torch.export (eager runs the C++
+    one, which does the same). Forward: one op (statistics, running-stat update, normalise/affine/residual/activation).
+    Backward: one op (reduce, per-channel finalize, elementwise pass). Saves input, mean and
+    invstd (and residual when given: the activation's derivative needs the full pre-activation
+    value)."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
@@ -76,8 +125,6 @@ class BatchNormActFunction(torch.autograd.Function):
                                            running_var, training, momentum, eps, activation,
                                            activation_param, any(ctx.needs_input_grad[:4]))
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
-        # Decided here: torch.compile traces backward in a strict mode that bans `Tensor.layout`.
-        ctx.memory_format = _memory_format(input)
         ctx.training = training
         ctx.eps = eps
         ctx.activation = activation
@@ -87,98 +134,44 @@ class BatchNormActFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         input, weight, bias, residual, mean, invstd = ctx.saved_tensors
-        need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate a composite of torch ops instead.
-            grads = _composite_backward(ctx, grad_out, input, weight, bias, residual)
+            grads = composite_grads(grad_out, input, weight, bias, residual, mean, invstd,
+                                    ctx.training, ctx.eps, ctx.activation, ctx.activation_param,
+                                    ctx.needs_input_grad[:4])
         else:
             grads = _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd)
-        grad_input, grad_weight, grad_bias, grad_residual = grads
-        return (grad_input if need_input else None, grad_weight if need_weight else None,
-                grad_bias if need_bias else None, grad_residual if need_residual else None,
-                None, None, None, None, None, None, None)
+        return grads + (None,) * 7
 
 
 def _fused_forward(input, weight, bias, residual, running_mean, running_var, training, momentum,
                    eps, activation, activation_param, need_backward=True):
-    """(output, mean, invstd): the training op (batch statistics) or the eval op (running ones).
-    In eval mode without backward (inference, export) mean and invstd are None: not computed."""
+    """(output, mean, invstd), each one op: the training op (batch statistics) or an eval op
+    (running ones). In eval mode without backward (inference, export) mean and invstd are None:
+    not computed."""
     if training:
         return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
                                         momentum, eps, activation, activation_param)
+    # torch.export traces the forward only: nothing will read the statistics.
+    if need_backward and not torch.compiler.is_exporting():
+        # Copies of the statistics: the buffers may be updated in place before backward runs.
+        return ops.batch_norm_act_eval_for_backward(input, running_mean, running_var, weight, bias,
+                                                    residual, eps, activation, activation_param)
     out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias, residual, eps,
                                   activation, activation_param)
-    if not need_backward:
-        return out, None, None
-    # Copies: the buffers may be updated in place before backward runs.
-    acc = acc_dtype(input.dtype)
-    return out, running_mean.to(acc, copy=True), torch.rsqrt(running_var.to(acc) + eps)
+    return out, None, None
 
 
 def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd, from_output=False):
-    """The two backward ops. `input` is what forward saved: its input, or with from_output=True
-    its output (the memory-saving mode rebuilds the pre-activation from it)."""
-    need_input, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
-    grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
-    act, param = ctx.activation, ctx.activation_param
-    grad_weight = grad_bias = sum_g = sum_g_xhat = None
-    if ctx.training or need_weight or need_bias:
-        sum_g, sum_g_xhat = ops.batch_norm_act_backward_reduce(
-            grad_out, input, mean, invstd, weight, bias, residual, act, param, from_output)
-        if need_weight:
-            grad_weight = sum_g_xhat.to(weight.dtype)
-        if need_bias:
-            grad_bias = sum_g.to(bias.dtype)
-    grad_input = grad_residual = None
-    if need_input or need_residual:
-        mean_g = mean_g_xhat = None
-        if ctx.training:
-            count = max(input.numel() // max(input.shape[1], 1), 1)
-            mean_g, mean_g_xhat = sum_g / count, sum_g_xhat / count
-        grad_input, grad_residual = ops.batch_norm_act_backward_elemt(
-            grad_out, input, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat, act, param,
-            from_output)
-    return grad_input, grad_weight, grad_bias, grad_residual
+    """(grad_input, grad_weight, grad_bias, grad_residual) from the one backward op, None where
+    ctx.needs_input_grad says no. `input` is what forward saved: its input, or with
+    from_output=True its output (the memory-saving mode rebuilds the pre-activation from it)."""
+    return tuple(ops.batch_norm_act_backward(
+        grad_out, input, mean, invstd, weight, bias, residual, ctx.training, ctx.activation,
+        ctx.activation_param, from_output, ctx.needs_input_grad[:4]))
 
 
 def _memory_format(t):
     from torch._prims_common import suggest_memory_format
 
     return suggest_memory_format(t)
-
-
-def _composite_backward(ctx, grad_out, input, weight, bias, residual):
-    """Gradients through a torch-op composite of the same forward, so they are themselves
-    differentiable (gradgradcheck). Only used when backward runs with create_graph=True."""
-    diff = [t for t in (input, weight, bias, residual) if t is not None and t.requires_grad]
-    with torch.enable_grad():
-        out = composite_batch_norm_act(input, weight, bias, residual, ctx.training, ctx.eps,
-                                       ctx.activation, ctx.activation_param,
-                                       None if ctx.training else ctx.saved_tensors[4:6])
-        grads = iter(torch.autograd.grad(out, diff, grad_out, create_graph=True, allow_unused=True)
-                     if diff else ())
-    return tuple(next(grads) if t is not None and t.requires_grad else None
-                 for t in (input, weight, bias, residual))
-
-
-def composite_batch_norm_act(input, weight, bias, residual, training, eps, activation,
-                             activation_param, eval_stats=None):
-    """The forward in plain torch ops (no running-stat update). eval_stats: (mean, invstd)."""
-    shape = (1, -1) + (1,) * (input.dim() - 2)
-    acc = acc_dtype(input.dtype)
-    x = input.to(acc)
-    if training:
-        dims = [0] + list(range(2, input.dim()))
-        var, mean = torch.var_mean(x, dim=dims, unbiased=False)
-        invstd = torch.rsqrt(var + eps)
-    else:
-        mean, invstd = eval_stats
-    z = (x - mean.reshape(shape)) * invstd.reshape(shape)
-    if weight is not None:
-        z = z * weight.to(acc).reshape(shape)
-    if bias is not None:
-        z = z + bias.to(acc).reshape(shape)
-    if residual is not None:
-        z = z + residual.to(acc)
-    # activation_param is already resolved (0.0 for parameter-free activations).
-    return ACTIVATIONS[activation].torch_fn(z, activation_param).to(input.dtype)

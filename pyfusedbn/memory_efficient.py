@@ -26,7 +26,6 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._prims_common import suggest_memory_format
 
 # functional imports this module; its helpers are looked up at call time.
 from . import functional as _functional
@@ -83,8 +82,6 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
             ctx.mark_dirty(input)
             out = input.copy_(out)
         ctx.save_for_backward(out, weight_used, bias, residual, mean, invstd)
-        # Decided here, not in backward: torch.compile traces backward where `Tensor.layout` is banned.
-        ctx.memory_format = suggest_memory_format(out)
         ctx.training = training
         ctx.activation = activation
         ctx.activation_param = activation_param
@@ -98,11 +95,9 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
                 "memory_efficient=True (the input was not kept); use memory_efficient=False")
         output, weight_used, bias, residual, mean, invstd = ctx.saved_tensors
         # grad_weight is the clamped weight's gradient, passed straight through to the weight.
-        grad_input, grad_weight, grad_bias, grad_residual = _functional._fused_backward(
-            ctx, grad_out, output, weight_used, bias, residual, mean, invstd, from_output=True)
-        need_input, _, _, need_residual = ctx.needs_input_grad[:4]
-        return ((grad_input if need_input else None, grad_weight, grad_bias,
-                 grad_residual if need_residual else None) + (None,) * 8)
+        grads = _functional._fused_backward(ctx, grad_out, output, weight_used, bias, residual,
+                                            mean, invstd, from_output=True)
+        return grads + (None,) * 8
 
 
 def apply_memory_efficient(input, weight, bias, residual, running_mean, running_var, training,

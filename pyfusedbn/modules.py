@@ -10,12 +10,19 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .activations import resolve_activation
-from .functional import batch_norm_act
+from .functional import _resolved_activation, checked_float, fused_batch_norm_act
 from .memory_efficient import check_memory_efficient
 
 
 # torch added a keyword-only `bias` to BatchNorm (affine weight without bias); older versions lack it.
 _TORCH_HAS_BN_BIAS = "bias" in inspect.signature(_BatchNorm.__init__).parameters
+
+
+def _member(module, members, name):
+    """module.<name>, read from its parameter or buffer dict `members` when it is there:
+    nn.Module.__getattr__ costs ~0.3 us per access, and a layer reads five per call. Anything
+    else (a parametrization's property, weight_norm's plain attribute) is looked up as usual."""
+    return members[name] if name in members else getattr(module, name, None)
 
 
 class _BatchNormAct(_BatchNorm):
@@ -55,29 +62,44 @@ class _BatchNormAct(_BatchNorm):
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
-        bn_training, momentum, running_mean, running_var = self._batch_norm_arguments()
-        return batch_norm_act(
-            input, running_mean, running_var, self.weight, self.bias, bn_training, momentum,
-            self.eps, self.activation, self.activation_param, residual,
-            memory_efficient=self.memory_efficient, inplace=self.inplace)
+        bn_training, momentum, running_mean, running_var, counter = self._batch_norm_arguments()
+        activation, activation_param = _resolved_activation(self.activation, self.activation_param)
+        memory_efficient, inplace = bool(self.memory_efficient), bool(self.inplace)
+        check_memory_efficient(memory_efficient, inplace, activation, activation_param)
+        if not bn_training and (running_mean is None or running_var is None):
+            raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
+                               "evaluation mode (training=False)")
+        parameters = self._parameters
+        return fused_batch_norm_act(
+            input, running_mean, running_var, _member(self, parameters, "weight"),
+            _member(self, parameters, "bias"),
+            bn_training, checked_float("momentum", momentum), checked_float("eps", self.eps),
+            activation, activation_param, residual, memory_efficient, inplace, counter)
 
     def _batch_norm_arguments(self):
-        """(training, momentum, running_mean, running_var) for this call, counting the batch in
-        num_batches_tracked: the same bookkeeping as torch's _BatchNorm.forward, so momentum=None
-        (cumulative average), num_batches_tracked and track_running_stats=False behave
-        identically."""
+        """(training, momentum, running_mean, running_var, counter) for this call: the same
+        bookkeeping as torch's _BatchNorm.forward, so momentum=None (cumulative average),
+        num_batches_tracked and track_running_stats=False behave identically. `counter` is
+        num_batches_tracked when the op should count this batch (the op increments it, sparing a
+        host op), None when there is nothing to count or it was counted here (momentum=None
+        needs the new count now)."""
+        buffers = self._buffers
+        running_mean = _member(self, buffers, "running_mean")
+        running_var = _member(self, buffers, "running_var")
+        batches = _member(self, buffers, "num_batches_tracked")
         exponential_average_factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
+        counter = None
+        if self.training and self.track_running_stats and batches is not None:
             if self.momentum is None:
-                exponential_average_factor = 1.0 / float(self.num_batches_tracked)
+                batches.add_(1)
+                exponential_average_factor = 1.0 / float(batches)
             else:
-                exponential_average_factor = self.momentum
-        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+                counter = batches
+        bn_training = self.training or (running_mean is None and running_var is None)
         use_running = not self.training or self.track_running_stats
         return (bn_training, exponential_average_factor,
-                self.running_mean if use_running else None,
-                self.running_var if use_running else None)
+                running_mean if use_running else None,
+                running_var if use_running else None, counter)
 
 
 class BatchNormAct1d(_BatchNormAct):

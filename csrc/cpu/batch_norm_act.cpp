@@ -5,7 +5,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_ops.h"
+#include "../batch_norm_act_backward_ops.h"
 #include "../dispatch.h"
 #include "../kernel_calls.h"
 #include "batch_norm_act_kernels.h"
@@ -21,23 +21,33 @@ const scalar_t* ptr_or_null(const OptTensor& t) {
 #define FBN_DISPATCH_FLOATING(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
+// at::Half / at::BFloat16 convert to and from float (round to nearest) by static_cast.
+struct HostConvert {
+  template <typename acc_t, typename T>
+  static acc_t to_acc(T v) { return static_cast<acc_t>(v); }
+  template <typename T, typename acc_t>
+  static T from_acc(acc_t v) { return static_cast<T>(v); }
+};
+
+template <typename T>
+T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
+
 struct CpuBackend {
-  static void stats(const Tensor& x, const BnShape& shape, Tensor& mean, Tensor& var) {
+  static void stats(const Tensor& x, const BnShape& shape, void* mean, void* var) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_stats_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      cpu::stats_kernel(StatsArgs<scalar_t, acc_t>{x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(),
-                                                   var.data_ptr<acc_t>(), shape});
+      cpu::stats_kernel(StatsArgs<scalar_t, acc_t>{x.data_ptr<scalar_t>(), typed<acc_t>(mean), typed<acc_t>(var), shape});
     });
   }
 
-  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
+  static void apply(const Tensor& x, const OptTensor& residual, const void* scale, const void* shift,
                     ActKind act, double param, Tensor& out, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_act_apply_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
-                                            scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                                            typed<acc_t>(scale), typed<acc_t>(shift),
                                             out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         cpu::apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
@@ -46,15 +56,15 @@ struct CpuBackend {
   }
 
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
-                              const BackwardCoefficients& k, ActKind act, double param, bool from_output,
-                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+                              const RebuildCoefficients& k, ActKind act, double param, bool from_output,
+                              void* sum_g, void* sum_g_xc, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_reduce_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const ReduceArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(),  saved.data_ptr<scalar_t>(),  ptr_or_null<scalar_t>(residual),
-          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),   k.bias.data_ptr<acc_t>(),
-          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(),  static_cast<acc_t>(param),
+          dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+          typed<acc_t>(k.mean),    typed<acc_t>(k.scale),      typed<acc_t>(k.bias),
+          typed<acc_t>(sum_g),     typed<acc_t>(sum_g_xc),     static_cast<acc_t>(param),
           shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         cpu::reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
@@ -63,9 +73,9 @@ struct CpuBackend {
   }
 
   static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
-                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
-                             const Tensor& coef_const, ActKind act, double param, bool from_output,
-                             Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
+                             const RebuildCoefficients& k, const ElemtCoefficientPtrs& coef, ActKind act,
+                             double param, bool from_output, Tensor& grad_input, Tensor& grad_residual,
+                             const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_elemt_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -73,18 +83,29 @@ struct CpuBackend {
           dy.data_ptr<scalar_t>(),
           saved.data_ptr<scalar_t>(),
           ptr_or_null<scalar_t>(residual),
-          k.mean.data_ptr<acc_t>(),
-          k.scale.data_ptr<acc_t>(),
-          k.bias.data_ptr<acc_t>(),
-          coef_g.data_ptr<acc_t>(),
-          coef_xc.data_ptr<acc_t>(),
-          coef_const.data_ptr<acc_t>(),
+          typed<acc_t>(k.mean),
+          typed<acc_t>(k.scale),
+          typed<acc_t>(k.bias),
+          typed<acc_t>(coef.coef_g),
+          typed<acc_t>(coef.coef_xc),
+          typed<acc_t>(coef.coef_const),
           grad_input.data_ptr<scalar_t>(),
           residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
           static_cast<acc_t>(param),
           shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         cpu::elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+      });
+    });
+  }
+
+  // The per-channel steps: a plain loop over channels (C values: no parallelism needed).
+  template <typename Step>
+  static void finalize(const Tensor& like, const Step& step) {
+    FBN_DISPATCH_FLOATING(like.scalar_type(), "batch_norm_act_finalize_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      with_typed_args<scalar_t, acc_t>(step, [&](const auto& args) {
+        for (int64_t c = 0; c < args.channels; ++c) run_channel<HostConvert>(args, c);
       });
     });
   }
@@ -96,9 +117,11 @@ TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
   m.impl("batch_norm_stats", &batch_norm_stats<CpuBackend>);
   m.impl("batch_norm_act_train", &batch_norm_act_train<CpuBackend>);
   m.impl("batch_norm_act_eval", &batch_norm_act_eval<CpuBackend>);
+  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<CpuBackend>);
   m.impl("batch_norm_act_apply", &batch_norm_act_apply<CpuBackend>);
   m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CpuBackend>);
   m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CpuBackend>);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward<CpuBackend>);
 }
 
 }  // namespace pyfusedbn

@@ -9,7 +9,7 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_ops.h"
+#include "../batch_norm_act_backward_ops.h"
 #include "../kernel_calls.h"
 #include "batch_norm_act_kernels.cuh"
 
@@ -47,11 +47,14 @@ Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda:
   return at::empty({cuda::workspace_elements(shape, ctx.num_sms)}, like.options().dtype(acc_type_of(like)));
 }
 
+template <typename T>
+T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
+
 #define FBN_DISPATCH_FLOATING(dtype, name, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 struct CudaBackend {
-  static void stats(const Tensor& x, const BnShape& shape, Tensor& mean, Tensor& var) {
+  static void stats(const Tensor& x, const BnShape& shape, void* mean, void* var) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(x.device());
     const auto ctx = launch_context(x);
@@ -59,14 +62,14 @@ struct CudaBackend {
     FBN_DISPATCH_FLOATING(x.scalar_type(), "batch_norm_stats_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using cuda_t = typename CudaScalar<scalar_t>::type;
-      cuda::launch_stats(StatsArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), mean.data_ptr<acc_t>(),
-                                                  var.data_ptr<acc_t>(), shape},
+      cuda::launch_stats(StatsArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), typed<acc_t>(mean), typed<acc_t>(var),
+                                                  shape},
                          workspace.data_ptr<acc_t>(), ctx);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
+  static void apply(const Tensor& x, const OptTensor& residual, const void* scale, const void* shift,
                     ActKind act, double param, Tensor& out, const BnShape& shape) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(x.device());
@@ -75,7 +78,7 @@ struct CudaBackend {
       using acc_t = at::opmath_type<scalar_t>;
       using cuda_t = typename CudaScalar<scalar_t>::type;
       cuda::launch_apply(ApplyArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), device_ptr_or_null<scalar_t>(residual),
-                                                  scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
+                                                  typed<acc_t>(scale), typed<acc_t>(shift),
                                                   device_ptr<scalar_t>(out), static_cast<acc_t>(param), shape},
                          act, ctx);
     });
@@ -83,8 +86,8 @@ struct CudaBackend {
   }
 
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
-                              const BackwardCoefficients& k, ActKind act, double param, bool from_output,
-                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+                              const RebuildCoefficients& k, ActKind act, double param, bool from_output,
+                              void* sum_g, void* sum_g_xc, const BnShape& shape) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(saved.device());
     const auto ctx = launch_context(saved);
@@ -94,8 +97,8 @@ struct CudaBackend {
       using cuda_t = typename CudaScalar<scalar_t>::type;
       const ReduceArgs<cuda_t, acc_t> args{
           device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved), device_ptr_or_null<scalar_t>(residual),
-          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),   k.bias.data_ptr<acc_t>(),
-          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(),  static_cast<acc_t>(param),
+          typed<acc_t>(k.mean),     typed<acc_t>(k.scale),       typed<acc_t>(k.bias),
+          typed<acc_t>(sum_g),      typed<acc_t>(sum_g_xc),      static_cast<acc_t>(param),
           shape};
       cuda::launch_backward_reduce(args, act, from_output, workspace.data_ptr<acc_t>(), ctx);
     });
@@ -103,9 +106,9 @@ struct CudaBackend {
   }
 
   static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
-                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
-                             const Tensor& coef_const, ActKind act, double param, bool from_output,
-                             Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
+                             const RebuildCoefficients& k, const ElemtCoefficientPtrs& coef, ActKind act,
+                             double param, bool from_output, Tensor& grad_input, Tensor& grad_residual,
+                             const BnShape& shape) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(saved.device());
     const auto ctx = launch_context(saved);
@@ -116,17 +119,30 @@ struct CudaBackend {
           device_ptr<scalar_t>(dy),
           device_ptr<scalar_t>(saved),
           device_ptr_or_null<scalar_t>(residual),
-          k.mean.data_ptr<acc_t>(),
-          k.scale.data_ptr<acc_t>(),
-          k.bias.data_ptr<acc_t>(),
-          coef_g.data_ptr<acc_t>(),
-          coef_xc.data_ptr<acc_t>(),
-          coef_const.data_ptr<acc_t>(),
+          typed<acc_t>(k.mean),
+          typed<acc_t>(k.scale),
+          typed<acc_t>(k.bias),
+          typed<acc_t>(coef.coef_g),
+          typed<acc_t>(coef.coef_xc),
+          typed<acc_t>(coef.coef_const),
           device_ptr<scalar_t>(grad_input),
           residual.has_value() ? device_ptr<scalar_t>(grad_residual) : nullptr,
           static_cast<acc_t>(param),
           shape};
       cuda::launch_backward_elemt(args, act, from_output, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // The per-channel steps: one small kernel on the current stream.
+  template <typename Step>
+  static void finalize(const Tensor& like, const Step& step) {
+    const c10::cuda::CUDAGuard guard(like.device());
+    const auto ctx = launch_context(like);
+    FBN_DISPATCH_FLOATING(like.scalar_type(), "batch_norm_act_finalize_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      with_typed_args<cuda_t, acc_t>(step, [&](const auto& args) { cuda::launch_finalize(args, ctx); });
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -138,9 +154,11 @@ TORCH_LIBRARY_IMPL(pyfusedbn, CUDA, m) {
   m.impl("batch_norm_stats", &batch_norm_stats<CudaBackend>);
   m.impl("batch_norm_act_train", &batch_norm_act_train<CudaBackend>);
   m.impl("batch_norm_act_eval", &batch_norm_act_eval<CudaBackend>);
+  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<CudaBackend>);
   m.impl("batch_norm_act_apply", &batch_norm_act_apply<CudaBackend>);
   m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CudaBackend>);
   m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CudaBackend>);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward<CudaBackend>);
 }
 
 }  // namespace pyfusedbn

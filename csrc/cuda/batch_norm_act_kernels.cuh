@@ -1,5 +1,5 @@
-// Host-side declarations of the CUDA launchers (defined in stats.cu, backward_reduce.cu and
-// elementwise.cu), shared by the kernel files and the binding. Launchers enqueue on ctx.stream
+// Host-side declarations of the CUDA launchers (defined in stats.cu, backward_reduce.cu,
+// elementwise.cu and finalize.cu), shared by the kernel files and the binding. Launchers enqueue on ctx.stream
 // and never synchronise or allocate.
 // No torch headers: scalar_t is float, double, __half or __nv_bfloat16 (the binding
 // reinterprets at::Half / at::BFloat16 pointers, which have the same layout).
@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "../activations.h"
+#include "../channel_finalize.h"
 #include "../kernel_args.h"
 
 namespace pyfusedbn {
@@ -45,6 +46,16 @@ void launch_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKind act
 template <typename scalar_t, typename acc_t>
 void launch_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind act, bool from_output,
                            const LaunchContext& ctx);
+
+// The per-channel steps (../channel_finalize.h), one small kernel each (finalize.cu).
+template <typename acc_t, typename param_t, typename running_t>
+void launch_finalize(const ForwardFinalizeArgs<acc_t, param_t, running_t>& args, const LaunchContext& ctx);
+template <typename acc_t, typename param_t, typename running_t>
+void launch_finalize(const EvalFinalizeArgs<acc_t, param_t, running_t>& args, const LaunchContext& ctx);
+template <typename acc_t, typename param_t>
+void launch_finalize(const PrepareArgs<acc_t, param_t>& args, const LaunchContext& ctx);
+template <typename acc_t, typename param_t>
+void launch_finalize(const BackwardFinalizeArgs<acc_t, param_t>& args, const LaunchContext& ctx);
 
 }  // namespace cuda
 }  // namespace pyfusedbn

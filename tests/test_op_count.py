@@ -1,0 +1,59 @@
+"""The host ops a fused layer dispatches: on a GPU each is a kernel launch, so their number (not
+only the kernels' speed) decides whether a converted network trains faster. Counted with the
+torch profiler as benchmarks/host_overhead.py counts them; never timed here."""
+import pytest
+import torch
+
+import pyfusedbn
+from benchmarks.host_overhead import count_ops, layer_steps
+
+# One training forward+backward of BatchNormAct2d(16) on (8, 16, 4, 4), torch 2.13 CPU: the layer
+# op and the training op it calls (which also counts num_batches_tracked) with 3 allocations
+# (output, mean, invstd), the backward op with 3 (grad_input, grad_weight, grad_bias), autograd's
+# 3 gradient accumulations. Eager torch: 26. Raise it only with a reason.
+FUSED_LAYER_OPS = 12
+# Per-channel algebra must stay inside the ops: none of these may be dispatched per call.
+PER_CHANNEL_OPS = ("aten::to", "aten::_to_copy", "aten::copy_", "aten::zeros_like", "aten::zeros",
+                   "aten::mul", "aten::mul_", "aten::rsqrt", "aten::rsqrt_", "aten::addcmul",
+                   "aten::neg", "aten::div", "aten::sub", "aten::contiguous")
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_layer_dispatches_no_more_ops_than_eager(one_thread):
+    steps = layer_steps()
+    fused, fused_ops = count_ops(steps["fused"])
+    eager, _ = count_ops(steps["eager"])
+    assert fused <= eager, f"fused {fused} ops > eager {eager}: {fused_ops}"
+    assert fused <= FUSED_LAYER_OPS, f"fused layer dispatches {fused} ops (pinned {FUSED_LAYER_OPS}): {fused_ops}"
+
+
+def test_forward_and_backward_are_one_op_each(one_thread):
+    _, ops = count_ops(layer_steps()["fused"])
+    ours = {name: n for name, n in ops.items() if name.startswith("pyfusedbn::")}
+    # batch_norm_act (the layer op, autograd in C++) calls the training op; its backward one op.
+    assert ours == {"pyfusedbn::batch_norm_act": 1, "pyfusedbn::batch_norm_act_train": 1,
+                    "pyfusedbn::batch_norm_act_backward": 1}, ops
+    per_channel = {name: ops[name] for name in PER_CHANNEL_OPS if name in ops}
+    assert not per_channel, f"per-channel host ops dispatched: {per_channel}"
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["normal", "memory_efficient"])
+def test_eval_mode_backward_is_one_op_each_way(memory_efficient, one_thread):
+    layer = pyfusedbn.BatchNormAct2d(4, activation="leaky_relu", memory_efficient=memory_efficient).eval()
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    grad = torch.randn(3, 4, 5, 5)  # (not sum()'s expanded gradient, which needs a contiguous copy)
+    _, ops = count_ops(lambda: layer(x).backward(grad))
+    ours = {name: n for name, n in ops.items() if name.startswith("pyfusedbn::")}
+    expected = {"pyfusedbn::batch_norm_act_eval_for_backward": 1, "pyfusedbn::batch_norm_act_backward": 1}
+    if not memory_efficient:
+        expected["pyfusedbn::batch_norm_act"] = 1
+    assert ours == expected, ops
+    if not memory_efficient:  # (that mode clamps the weight with a few host ops)
+        assert not {name for name in PER_CHANNEL_OPS if name in ops}, ops
