@@ -11,6 +11,12 @@
 
 namespace pyfusedbn {
 
+// Per-(sample, channel) inputs of both backward passes: mean, scale = weight * rstd and the bias,
+// in the accumulate dtype (GroupNorm's coefficients vary per sample, so they stay tensors).
+struct BackwardCoefficients {
+  Tensor mean, scale, bias;
+};
+
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 // mean / rstd of the backward: (N, num_groups) on input's device.
 void check_per_group(const Tensor& t, const char* name, const Tensor& input, int64_t num_groups,
