@@ -10,12 +10,19 @@ namespace pyfusedbn {
 namespace cpu {
 
 // A per-channel coefficient at column j of a row: one value for the whole row (planar, p points
-// at channel c's value) or one per column (channels_last, p points at the row's first channel).
+// at channel c's value; read once, before the loop, so the loop holds it in a register) or one
+// per column (channels_last, p points at the row's first channel).
 template <bool kPerColumn, typename acc_t>
-inline acc_t coef(const acc_t* p, int64_t j) {
-  if constexpr (kPerColumn) return p[j];
-  else return p[0];
-}
+struct Coef {
+  const acc_t* p;
+  acc_t value;
+
+  explicit Coef(const acc_t* ptr) : p(ptr), value(*ptr) {}
+  acc_t operator[](int64_t j) const {
+    if constexpr (kPerColumn) return p[j];
+    else return value;
+  }
+};
 
 // g = dy * act'(z) and xc = x - mean of one element, returned as Rebuilt{xc, z = g}.
 template <typename Act, bool kResidual, bool kFromOutput, typename acc_t>
@@ -27,11 +34,12 @@ inline Rebuilt<acc_t> grad_and_centred(acc_t dy, acc_t saved, acc_t residual, ac
 }
 
 template <bool kPerColumn, typename Act, bool kResidual, typename acc_t>
-inline void apply_row(const acc_t* x, const acc_t* res, const acc_t* scale, const acc_t* shift, acc_t* out,
+inline void apply_row(const acc_t* x, const acc_t* res, const acc_t* scale_at, const acc_t* shift_at, acc_t* out,
                       int64_t len, acc_t param) {
+  const Coef<kPerColumn, acc_t> scale(scale_at), shift(shift_at);
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    acc_t z = x[j] * coef<kPerColumn>(scale, j) + coef<kPerColumn>(shift, j);
+    acc_t z = x[j] * scale[j] + shift[j];
     if constexpr (kResidual) z += res[j];
     out[j] = Act::value(z, param);
   }
@@ -60,27 +68,27 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
   });
 }
 
-// Per-channel inputs of the backward elementwise pass, offset to a row's channel (see coef).
-template <typename acc_t>
+// The backward elementwise pass's per-channel inputs at a row's channel (see Coef).
+template <bool kPerColumn, typename acc_t>
 struct ElemtCoefficients {
-  const acc_t* mean;
-  const acc_t* scale;
-  const acc_t* bias;
-  const acc_t* coef_g;
-  const acc_t* coef_xc;
-  const acc_t* coef_const;
+  Coef<kPerColumn, acc_t> mean, scale, bias, coef_g, coef_xc, coef_const;
+
+  template <typename Args>
+  ElemtCoefficients(const Args& a, int64_t c)
+      : mean(a.mean + c), scale(a.scale + c), bias(a.bias + c), coef_g(a.coef_g + c), coef_xc(a.coef_xc + c),
+        coef_const(a.coef_const + c) {}
 };
 
-template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename acc_t>
-inline void elemt_row(const acc_t* dy, const acc_t* saved, const acc_t* res, const ElemtCoefficients<acc_t>& k,
-                      acc_t* dx, acc_t* dres, int64_t len, acc_t param) {
+template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const acc_t* dy, const acc_t* saved,
+                      const acc_t* res, acc_t* dx, acc_t* dres, int64_t len) {
+  const ElemtCoefficients<kPerColumn, acc_t> k(a, c);
+  const acc_t param = a.activation_param;
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
-        dy[j], saved[j], kResidual ? res[j] : acc_t(0), coef<kPerColumn>(k.mean, j), coef<kPerColumn>(k.scale, j),
-        coef<kPerColumn>(k.bias, j), param);  // {xc, g}
-    dx[j] = t.z * coef<kPerColumn>(k.coef_g, j) + t.xc * coef<kPerColumn>(k.coef_xc, j) +
-            coef<kPerColumn>(k.coef_const, j);
+    const auto t = grad_and_centred<Act, kResidual, kFromOutput>(dy[j], saved[j], kResidual ? res[j] : acc_t(0),
+                                                                 k.mean[j], k.scale[j], k.bias[j], param);  // {xc, g}
+    dx[j] = t.z * k.coef_g[j] + t.xc * k.coef_xc[j] + k.coef_const[j];
     if constexpr (kResidual) dres[j] = t.z;
   }
 }
@@ -97,17 +105,14 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
     acc_t* dx = acc_target(a.grad_input + k.offset, dx_buf);
     acc_t* dres = kResidual ? acc_target(a.grad_residual + k.offset, dres_buf) : nullptr;
     for (int64_t r = 0; r < k.rows; ++r) {
-      const int64_t o = r * k.cols, c = k.planar ? (k.first + r) % C : k.first;
-      const ElemtCoefficients<acc_t> coefs{a.mean + c,   a.scale + c,   a.bias + c,
-                                           a.coef_g + c, a.coef_xc + c, a.coef_const + c};
+      const int64_t o = r * k.cols;
       const acc_t* r_res = kResidual ? res + o : nullptr;
       acc_t* r_dres = kResidual ? dres + o : nullptr;
       if (k.planar) {
-        elemt_row<false, Act, kResidual, kFromOutput>(dy + o, saved + o, r_res, coefs, dx + o, r_dres, k.cols,
-                                                      a.activation_param);
+        elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o,
+                                                      r_dres, k.cols);
       } else {
-        elemt_row<true, Act, kResidual, kFromOutput>(dy + o, saved + o, r_res, coefs, dx + o, r_dres, k.cols,
-                                                     a.activation_param);
+        elemt_row<true, Act, kResidual, kFromOutput>(a, k.first, dy + o, saved + o, r_res, dx + o, r_dres, k.cols);
       }
     }
     flush(dx, a.grad_input + k.offset, n);

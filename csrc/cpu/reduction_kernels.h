@@ -87,16 +87,31 @@ void stats_planar(const StatsArgs<scalar_t, acc_t>& a) {
   });
 }
 
-// channels_last blocks: rows_per_block rows x cols_per_block columns, contiguous: whole rows
-// when C <= kBlock, else slices of one row.
+// channels_last blocks: rows_per_block rows x cols_per_block columns, up to kRowBlock elements
+// (L2-resident between the two statistics passes). Larger than planar blocks because each ends
+// with a merge over all its columns, which costs as much as a pass over one row.
+constexpr int64_t kRowBlock = 16384;
+
 struct RowBlocks {
   int64_t cols_per_block, rows_per_block, count;
 
   explicit RowBlocks(const BnShape& shape)
       : cols_per_block(std::min(shape.channels, kBlock)),
-        rows_per_block(kBlock / cols_per_block),
+        rows_per_block(std::max<int64_t>(1, kRowBlock / cols_per_block)),
         count((shape.reduce_size() + rows_per_block - 1) / rows_per_block) {}
+
+  int64_t numel() const { return rows_per_block * cols_per_block; }
 };
+
+// Rows [r0, r0 + n) x columns [c0, c0 + cols) of a channels_last tensor with C channels, as one
+// contiguous n x cols acc_t array: in place when possible, else gathered (and converted) into buf.
+template <typename acc_t, typename scalar_t>
+inline const acc_t* gather_rows(const scalar_t* base, int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t cols,
+                                acc_t* buf) {
+  if (cols == C) return acc_view(base + r0 * C, buf, n * C);
+  for (int64_t r = 0; r < n; ++r) to_acc(base + (r0 + r) * C + c0, buf + r * cols, cols);
+  return buf;
+}
 
 template <typename scalar_t, typename acc_t>
 void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
@@ -108,7 +123,7 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
   std::vector<int64_t> t_count(threads, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
-    acc_t buf[kBlock], block_mean[kBlock], block_m2[kBlock];
+    std::vector<acc_t> buf(blocks.numel()), block_mean(blocks.cols_per_block), block_m2(blocks.cols_per_block);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
       const acc_t len = static_cast<acc_t>(n);
@@ -117,21 +132,23 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
       const acc_t prev = static_cast<acc_t>(t_count[tid]);
       for (int64_t c0 = 0; c0 < C; c0 += blocks.cols_per_block) {
         const int64_t cols = std::min(blocks.cols_per_block, C - c0);
-        const acc_t* x = acc_view(a.input + r0 * C + c0, buf, n * cols);
+        const acc_t* x = gather_rows(a.input, C, r0, n, c0, cols, buf.data());
+        acc_t* sum = block_mean.data();
+        acc_t* m2_sum = block_m2.data();
         // Shifted sums, as in block_mean_m2: the block's first row is the shift.
-        std::fill(block_mean, block_mean + cols, acc_t(0));
-        std::fill(block_m2, block_m2 + cols, acc_t(0));
+        std::fill(sum, sum + cols, acc_t(0));
+        std::fill(m2_sum, m2_sum + cols, acc_t(0));
         for (int64_t r = 0; r < n; ++r) {
 #pragma omp simd
-          for (int64_t j = 0; j < cols; ++j) block_mean[j] += x[r * cols + j] - x[j];
+          for (int64_t j = 0; j < cols; ++j) sum[j] += x[r * cols + j] - x[j];
         }
 #pragma omp simd
-        for (int64_t j = 0; j < cols; ++j) block_mean[j] = x[j] + block_mean[j] / len;
+        for (int64_t j = 0; j < cols; ++j) sum[j] = x[j] + sum[j] / len;  // the block's mean
         for (int64_t r = 0; r < n; ++r) {
 #pragma omp simd
           for (int64_t j = 0; j < cols; ++j) {
-            const acc_t d = x[r * cols + j] - block_mean[j];
-            block_m2[j] += d * d;
+            const acc_t d = x[r * cols + j] - sum[j];
+            m2_sum[j] += d * d;
           }
         }
         // Chan merge of the block into this thread's partial, all channels at once.
@@ -139,9 +156,9 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
         acc_t* m2 = &t_m2[tid * C + c0];
 #pragma omp simd
         for (int64_t j = 0; j < cols; ++j) {
-          const acc_t delta = block_mean[j] - mean[j];
+          const acc_t delta = sum[j] - mean[j];
           mean[j] += delta * block_share;
-          m2[j] += block_m2[j] + delta * delta * prev * block_share;
+          m2[j] += m2_sum[j] + delta * delta * prev * block_share;
         }
       }
       t_count[tid] = total;
@@ -196,14 +213,17 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
-    acc_t dy_buf[kBlock], saved_buf[kBlock], res_buf[kBlock], sum_g[kBlock], sum_g_xc[kBlock];
+    std::vector<acc_t> dy_buf(blocks.numel()), saved_buf(blocks.numel()), res_buf(kResidual ? blocks.numel() : 0);
+    std::vector<acc_t> g_sums(blocks.cols_per_block), g_xc_sums(blocks.cols_per_block);
+    acc_t* sum_g = g_sums.data();
+    acc_t* sum_g_xc = g_xc_sums.data();
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
       for (int64_t c0 = 0; c0 < C; c0 += blocks.cols_per_block) {
-        const int64_t cols = std::min(blocks.cols_per_block, C - c0), off = r0 * C + c0;
-        const acc_t* dy = acc_view(a.grad_out + off, dy_buf, n * cols);
-        const acc_t* saved = acc_view(a.saved + off, saved_buf, n * cols);
-        const acc_t* res = kResidual ? acc_view(a.residual + off, res_buf, n * cols) : nullptr;
+        const int64_t cols = std::min(blocks.cols_per_block, C - c0);
+        const acc_t* dy = gather_rows(a.grad_out, C, r0, n, c0, cols, dy_buf.data());
+        const acc_t* saved = gather_rows(a.saved, C, r0, n, c0, cols, saved_buf.data());
+        const acc_t* res = kResidual ? gather_rows(a.residual, C, r0, n, c0, cols, res_buf.data()) : nullptr;
         const acc_t *mean = a.mean + c0, *scale = a.scale + c0, *bias = a.bias + c0;
         std::fill(sum_g, sum_g + cols, acc_t(0));
         std::fill(sum_g_xc, sum_g_xc + cols, acc_t(0));
