@@ -43,13 +43,14 @@ def measure(shape, dtype: torch.dtype, channels_last: bool, repeats: int) -> Dic
     return {"eager_ms": eager_ms, "fused_ms": fused_ms, "speedup": eager_ms / fused_ms}
 
 
-def run(threads: int, batch: int, repeats: int, dtypes: List[str]) -> List[dict]:
+def run(threads: int, batch: int, repeats: int, dtypes: List[str], shapes=None) -> List[dict]:
+    """shapes: (C, H, W, label) tuples, ResNet-50's by default."""
     torch.set_num_threads(threads)
     rows = []
     print(f"threads {threads}, batch {batch}, BatchNorm2d+ReLU training fwd+bwd, median of {repeats} (ms)")
     print("| shape | layout | dtype | eager ms | fused ms | speed-up |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
-    for channels, height, width, label in resnet50_bn_shapes():
+    for channels, height, width, label in shapes or resnet50_bn_shapes():
         shape = (batch, channels, height, width)
         for channels_last in (False, True):
             for dtype in dtypes:
