@@ -191,3 +191,13 @@ def test_plots(tmp_path, fake_data):
     assert set(made) == {"study_mlp", "grad_mlp"}
     for name in made.values():
         assert os.path.getsize(tmp_path / name) > 1000
+
+
+def test_cpu_dtypes_table(capsys):
+    from benchmarks import cpu_dtypes
+
+    rows = cpu_dtypes.run(torch.get_num_threads(), 2, 3, list(cpu_dtypes.DTYPES), shapes=[(4, 3, 3, "tiny")])
+    assert [(r["layout"], r["dtype"]) for r in rows] == [
+        (layout, dtype) for layout in ("nchw", "channels_last") for dtype in cpu_dtypes.DTYPES]
+    assert all(r["eager_ms"] > 0 and r["fused_ms"] > 0 and r["speedup"] > 0 for r in rows)
+    assert "| 4x3x3 | channels_last | bfloat16 |" in capsys.readouterr().out

@@ -1,14 +1,20 @@
-// Loads and stores between the storage dtype and the accumulate type, written so that CPU loops
-// over bfloat16 and float16 vectorise. c10's conversions use a scalar F16C intrinsic for Half
-// and a NaN branch for BFloat16, which leave those loops scalar (~16x slower than float).
-// Both conversions are exact IEEE round-to-nearest-even, NaN stays NaN.
+// Loads and stores between the storage dtype and the accumulate type. Per element (load_acc,
+// store_as): branch-free, so loops calling them vectorise (c10's conversions use a scalar F16C
+// intrinsic for Half and a NaN branch for BFloat16). In bulk (to_acc, from_acc): whole runs
+// converted with AVX2/F16C instructions, several times faster than the per-element forms inside
+// a compute loop. All are exact IEEE round-to-nearest-even; NaN stays NaN.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace pyfusedbn {
 namespace cpu {
@@ -71,6 +77,63 @@ inline c10::Half store_as<c10::Half, float>(float v) {
   const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
   const uint32_t half = (sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign);
   return c10::Half(static_cast<uint16_t>(half), c10::Half::from_bits());
+}
+
+// dst[i] = src[i] as acc_t, for i < n.
+template <typename acc_t, typename scalar_t>
+inline void to_acc(const scalar_t* src, acc_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    // bfloat16 is the high half of a float32.
+    for (; i + 8 <= n; i += 8) {
+      const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+      _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+    }
+  }
+#endif
+  for (; i < n; ++i) dst[i] = load_acc<acc_t>(src[i]);
+}
+
+#if defined(__AVX2__)
+// 8 floats to 8 bfloat16 bit patterns (in the low 16 bits of each 32-bit lane), as store_as.
+inline __m256i bfloat16_bits(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  return _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+}
+#endif
+
+// dst[i] = src[i] rounded to scalar_t, for i < n.
+template <typename scalar_t, typename acc_t>
+inline void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+    for (; i + 8 <= n; i += 8)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                       _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16> && std::is_same_v<acc_t, float>) {
+    for (; i + 16 <= n; i += 16) {
+      // packus works per 128-bit lane: (lo0-3, hi0-3 | lo4-7, hi4-7), then reorder the quadwords.
+      const __m256i packed = _mm256_packus_epi32(bfloat16_bits(_mm256_loadu_ps(src + i)),
+                                                 bfloat16_bits(_mm256_loadu_ps(src + i + 8)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), _mm256_permute4x64_epi64(packed, 0xD8));
+    }
+  }
+#endif
+  for (; i < n; ++i) dst[i] = store_as<scalar_t>(src[i]);
 }
 
 }  // namespace cpu

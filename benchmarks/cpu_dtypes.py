@@ -1,0 +1,84 @@
+"""CPU speed per dtype: fused BatchNormAct2d(relu) vs eager nn.BatchNorm2d + nn.ReLU, training
+forward+backward, on every ResNet-50 BatchNorm shape, NCHW and channels_last, float32, bfloat16
+and float16 (issue 11: the 16-bit kernels should gain at least what float32 gains).
+
+    python -m benchmarks.cpu_dtypes [--threads 2] [--batch 8] [--repeats 15] [--dtypes ...] [--out DIR]
+
+Both contenders are timed round-robin in one process (benchmarks.timing), same input every step,
+median of the repeats; the table and benchmarks/results/cpu_dtypes.json hold the same numbers.
+"""
+import argparse
+import math
+from typing import Dict, List
+
+import torch
+
+import pyfusedbn
+
+from .cases import BATCH, resnet50_bn_shapes
+from .microbench import EagerBatchNormAct
+from .results import save_json
+from .timing import time_contenders
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def measure(shape, dtype: torch.dtype, channels_last: bool, repeats: int) -> Dict[str, float]:
+    """Median ms per training forward+backward of each contender, and the speed-up."""
+    x = torch.randn(shape, dtype=dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    grad = torch.randn_like(x)
+    eager = EagerBatchNormAct(4, shape[1], "relu").to(dtype)
+    fused = pyfusedbn.BatchNormAct2d(shape[1], activation="relu").to(dtype)
+
+    def step(module):
+        x.grad = None
+        module(x).backward(grad)
+
+    timings = time_contenders({"eager": lambda: step(eager), "fused": lambda: step(fused)},
+                              torch.device("cpu"), warmup=3, repeats=repeats)
+    eager_ms, fused_ms = timings["eager"].median * 1e3, timings["fused"].median * 1e3
+    return {"eager_ms": eager_ms, "fused_ms": fused_ms, "speedup": eager_ms / fused_ms}
+
+
+def run(threads: int, batch: int, repeats: int, dtypes: List[str], shapes=None) -> List[dict]:
+    """shapes: (C, H, W, label) tuples, ResNet-50's by default."""
+    torch.set_num_threads(threads)
+    rows = []
+    print(f"threads {threads}, batch {batch}, BatchNorm2d+ReLU training fwd+bwd, median of {repeats} (ms)")
+    print("| shape | layout | dtype | eager ms | fused ms | speed-up |")
+    print("| --- | --- | --- | ---: | ---: | ---: |")
+    for channels, height, width, label in shapes or resnet50_bn_shapes():
+        shape = (batch, channels, height, width)
+        for channels_last in (False, True):
+            for dtype in dtypes:
+                row = measure(shape, getattr(torch, dtype), channels_last, repeats)
+                row.update(shape=list(shape), label=label, dtype=dtype,
+                           layout="channels_last" if channels_last else "nchw")
+                rows.append(row)
+                print(f"| {channels}x{height}x{width} | {row['layout']} | {dtype} | {row['eager_ms']:.3f} "
+                      f"| {row['fused_ms']:.3f} | {row['speedup']:.2f}x |", flush=True)
+    for dtype in dtypes:
+        ups = [r["speedup"] for r in rows if r["dtype"] == dtype]
+        print(f"{dtype}: min {min(ups):.2f}x, geometric mean {math.exp(sum(map(math.log, ups)) / len(ups)):.2f}x")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=BATCH["cpu"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    rows = run(args.threads, args.batch, args.repeats, args.dtypes)
+    path = save_json(args.out, "cpu_dtypes.json", {"threads": args.threads, "batch": args.batch,
+                                                   "repeats": args.repeats, "rows": rows})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+// How the CPU kernels walk a tensor: in contiguous chunks small enough for L1, viewed in the
+// accumulate type. 16-bit input is converted chunk by chunk into a stack buffer (to_acc), the
+// compute loops then run on acc_t pointers only (the same vectorised code as float32 input) and
+// 16-bit results are converted back in bulk (from_acc); input already in acc_t is used in place.
+// Converting inside the compute loops instead costs 2-4x (bfloat16) and 3-8x (float16).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "../kernel_args.h"
+#include "convert.h"
+
+namespace pyfusedbn {
+namespace cpu {
+
+// Elements per chunk of the elementwise passes (a few acc_t buffers of this size stay in L1).
+constexpr int64_t kChunk = 1024;
+// Elements per parallel task in the elementwise passes.
+constexpr int64_t kGrain = 32768;
+
+// The n values at src as acc_t: src itself when it already holds acc_t, else converted into buf.
+template <typename acc_t, typename scalar_t>
+inline const acc_t* acc_view(const scalar_t* src, acc_t* buf, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return src;
+  } else {
+    to_acc(src, buf, n);
+    return buf;
+  }
+}
+
+// Where to compute n results destined for dst: dst itself when it holds acc_t, else buf, which
+// flush() then rounds into dst.
+template <typename acc_t, typename scalar_t>
+inline acc_t* acc_target(scalar_t* dst, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) return dst;
+  else return buf;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void flush(const acc_t* buf, scalar_t* dst, int64_t n) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) from_acc(buf, dst, n);
+}
+
+// A contiguous chunk of rows x cols elements at `offset`. Planar (NCHW): each row is (part of) one
+// (n, c) plane, row r's channel is (first + r) % C, one coefficient per row. channels_last: each
+// row is (part of) one row of C channels, column j's channel is first + j.
+struct Chunk {
+  int64_t offset;
+  int64_t rows;
+  int64_t cols;
+  int64_t first;
+  bool planar;
+
+  int64_t numel() const { return rows * cols; }
+};
+
+// Calls body(chunk) over every element once, chunks of at most kChunk elements, split for threads.
+// Small planes (7x7, 14x14) and narrow channels_last rows are grouped, several per chunk, so the
+// bulk conversions and loop set-up are paid per chunk rather than per plane or row.
+template <typename Body>
+inline void for_each_chunk(const BnShape& shape, Body body) {
+  const int64_t C = shape.channels, S = shape.spatial;
+  const int64_t rows = shape.channels_last ? shape.reduce_size() : shape.batch * C;
+  const int64_t width = shape.channels_last ? C : S;
+  const bool planar = !shape.channels_last;
+  if (width <= kChunk) {
+    const int64_t rows_per_chunk = kChunk / width;
+    const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+    const int64_t grain = std::max<int64_t>(1, kGrain / (rows_per_chunk * width));
+    at::parallel_for(0, chunks, grain, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const int64_t r0 = k * rows_per_chunk, n = std::min(rows_per_chunk, rows - r0);
+        body(Chunk{r0 * width, n, width, planar ? r0 % C : 0, planar});
+      }
+    });
+  } else {
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / width), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t j0 = 0; j0 < width; j0 += kChunk)
+          body(Chunk{r * width + j0, 1, std::min(kChunk, width - j0), planar ? r % C : j0, planar});
+    });
+  }
+}
+
+}  // namespace cpu
+}  // namespace pyfusedbn

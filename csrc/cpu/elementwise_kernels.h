@@ -1,0 +1,124 @@
+// The CPU elementwise passes: forward apply (normalise, affine, residual, activation) and the
+// backward elementwise pass. Chunks (chunks.h) of acc_t values, one activation inlined per
+// instantiation, inner loops vectorised with `omp simd`.
+#pragma once
+
+#include "../kernel_args.h"
+#include "chunks.h"
+
+namespace pyfusedbn {
+namespace cpu {
+
+// A per-channel coefficient at column j of a row: one value for the whole row (planar, p points
+// at channel c's value; read once, before the loop, so the loop holds it in a register) or one
+// per column (channels_last, p points at the row's first channel).
+template <bool kPerColumn, typename acc_t>
+struct Coef {
+  const acc_t* p;
+  acc_t value;
+
+  explicit Coef(const acc_t* ptr) : p(ptr), value(*ptr) {}
+  acc_t operator[](int64_t j) const {
+    if constexpr (kPerColumn) return p[j];
+    else return value;
+  }
+};
+
+// g = dy * act'(z) and xc = x - mean of one element, returned as Rebuilt{xc, z = g}.
+template <typename Act, bool kResidual, bool kFromOutput, typename acc_t>
+inline Rebuilt<acc_t> grad_and_centred(acc_t dy, acc_t saved, acc_t residual, acc_t mean, acc_t scale,
+                                       acc_t bias, acc_t param) {
+  const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(saved, residual, mean, scale,
+                                                                            bias, param);
+  return {r.xc, dy * Act::grad(r.z, param)};
+}
+
+template <bool kPerColumn, typename Act, bool kResidual, typename acc_t>
+inline void apply_row(const acc_t* x, const acc_t* res, const acc_t* scale_at, const acc_t* shift_at, acc_t* out,
+                      int64_t len, acc_t param) {
+  const Coef<kPerColumn, acc_t> scale(scale_at), shift(shift_at);
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    acc_t z = x[j] * scale[j] + shift[j];
+    if constexpr (kResidual) z += res[j];
+    out[j] = Act::value(z, param);
+  }
+}
+
+template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels;
+  for_each_chunk(a.shape, [&](const Chunk& k) {
+    acc_t x_buf[kChunk], res_buf[kChunk], out_buf[kChunk];
+    const acc_t* x = acc_view(a.input + k.offset, x_buf, k.numel());
+    const acc_t* res = kResidual ? acc_view(a.residual + k.offset, res_buf, k.numel()) : nullptr;
+    acc_t* out = acc_target(a.output + k.offset, out_buf);
+    for (int64_t r = 0; r < k.rows; ++r) {
+      const int64_t o = r * k.cols;
+      const acc_t* r_res = kResidual ? res + o : nullptr;
+      if (k.planar) {
+        const int64_t c = (k.first + r) % C;
+        apply_row<false, Act, kResidual>(x + o, r_res, a.scale + c, a.shift + c, out + o, k.cols, a.activation_param);
+      } else {
+        apply_row<true, Act, kResidual>(x + o, r_res, a.scale + k.first, a.shift + k.first, out + o, k.cols,
+                                        a.activation_param);
+      }
+    }
+    flush(out, a.output + k.offset, k.numel());
+  });
+}
+
+// The backward elementwise pass's per-channel inputs at a row's channel (see Coef).
+template <bool kPerColumn, typename acc_t>
+struct ElemtCoefficients {
+  Coef<kPerColumn, acc_t> mean, scale, bias, coef_g, coef_xc, coef_const;
+
+  template <typename Args>
+  ElemtCoefficients(const Args& a, int64_t c)
+      : mean(a.mean + c), scale(a.scale + c), bias(a.bias + c), coef_g(a.coef_g + c), coef_xc(a.coef_xc + c),
+        coef_const(a.coef_const + c) {}
+};
+
+template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const acc_t* dy, const acc_t* saved,
+                      const acc_t* res, acc_t* dx, acc_t* dres, int64_t len) {
+  const ElemtCoefficients<kPerColumn, acc_t> k(a, c);
+  const acc_t param = a.activation_param;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const auto t = grad_and_centred<Act, kResidual, kFromOutput>(dy[j], saved[j], kResidual ? res[j] : acc_t(0),
+                                                                 k.mean[j], k.scale[j], k.bias[j], param);  // {xc, g}
+    dx[j] = t.z * k.coef_g[j] + t.xc * k.coef_xc[j] + k.coef_const[j];
+    if constexpr (kResidual) dres[j] = t.z;
+  }
+}
+
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels;
+  for_each_chunk(a.shape, [&](const Chunk& k) {
+    acc_t dy_buf[kChunk], saved_buf[kChunk], res_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
+    const int64_t n = k.numel();
+    const acc_t* dy = acc_view(a.grad_out + k.offset, dy_buf, n);
+    const acc_t* saved = acc_view(a.saved + k.offset, saved_buf, n);
+    const acc_t* res = kResidual ? acc_view(a.residual + k.offset, res_buf, n) : nullptr;
+    acc_t* dx = acc_target(a.grad_input + k.offset, dx_buf);
+    acc_t* dres = kResidual ? acc_target(a.grad_residual + k.offset, dres_buf) : nullptr;
+    for (int64_t r = 0; r < k.rows; ++r) {
+      const int64_t o = r * k.cols;
+      const acc_t* r_res = kResidual ? res + o : nullptr;
+      acc_t* r_dres = kResidual ? dres + o : nullptr;
+      if (k.planar) {
+        elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o,
+                                                      r_dres, k.cols);
+      } else {
+        elemt_row<true, Act, kResidual, kFromOutput>(a, k.first, dy + o, saved + o, r_res, dx + o, r_dres, k.cols);
+      }
+    }
+    flush(dx, a.grad_input + k.offset, n);
+    if constexpr (kResidual) flush(dres, a.grad_residual + k.offset, n);
+  });
+}
+
+}  // namespace cpu
+}  // namespace pyfusedbn

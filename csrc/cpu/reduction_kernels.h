@@ -1,0 +1,304 @@
+// The CPU reductions: batch statistics (mean, biased variance) and the backward reduction
+// (sum g, sum g * xc), per channel, over blocks of acc_t values.
+//
+// Planar (NCHW) parallelises over channels: each channel's planes are cut into blocks (small
+// planes gathered, several per block, into one contiguous buffer) and reduced with lane sums.
+// channels_last parallelises over blocks of rows, vectorises along C and merges per-thread
+// per-channel partials. Both are deterministic for a fixed thread count.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../kernel_args.h"
+#include "../welford.h"
+#include "chunks.h"
+#include "elementwise_kernels.h"  // grad_and_centred
+#include "lane_sum.h"
+
+namespace pyfusedbn {
+namespace cpu {
+
+// Elements per reduction block: the statistics read each block twice (shifted mean, then M2),
+// from L1; large enough to amortise the per-block merge.
+constexpr int64_t kBlock = 2048;
+
+// One planar reduction block of a channel: `count` runs of `len` values, run k at offset + k * stride.
+struct Segments {
+  int64_t offset;
+  int64_t len;
+  int64_t count;
+  int64_t stride;
+
+  int64_t numel() const { return len * count; }
+};
+
+// Calls block(segments) over channel c's values: slices of one plane, or for planes smaller than
+// half a block, several whole planes (n, c), (n + 1, c), ... together.
+template <typename Block>
+inline void for_each_channel_block(const BnShape& shape, int64_t c, Block block) {
+  const int64_t C = shape.channels, S = shape.spatial, N = shape.batch;
+  if (S >= kBlock / 2) {
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t s0 = 0; s0 < S; s0 += kBlock) block(Segments{(n * C + c) * S + s0, std::min(kBlock, S - s0), 1, 0});
+  } else {
+    const int64_t planes = kBlock / S;
+    for (int64_t n0 = 0; n0 < N; n0 += planes) block(Segments{(n0 * C + c) * S, S, std::min(planes, N - n0), C * S});
+  }
+}
+
+// Whether the reductions read scalar_t where it lies (load_acc per element) rather than a
+// bulk-converted acc_t copy. For bfloat16 the per-element load is a shift, cheaper than a
+// round trip through a buffer; float16's per-element conversion is not, so it is converted.
+template <typename scalar_t, typename acc_t>
+constexpr bool kReadsInPlace = std::is_same_v<scalar_t, acc_t> || std::is_same_v<scalar_t, c10::BFloat16>;
+
+// A block's values gathered (and converted) into buf as one contiguous acc_t array.
+template <typename acc_t, typename scalar_t>
+inline const acc_t* gather(const scalar_t* base, const Segments& seg, acc_t* buf) {
+  for (int64_t k = 0; k < seg.count; ++k) to_acc(base + seg.offset + k * seg.stride, buf + k * seg.len, seg.len);
+  return buf;
+}
+
+// Calls f(pointers...) with a block of each stream: in place when the block is one run and
+// scalar_t is read in place, else gathered into the buffers. Two variants, not one per stream.
+template <typename acc_t, typename scalar_t, typename F, typename... Buffers>
+inline auto with_planar_block(const Segments& seg, F f, std::pair<const scalar_t*, Buffers>... streams) {
+  if constexpr (kReadsInPlace<scalar_t, acc_t>) {
+    if (seg.count == 1) return f((streams.first ? streams.first + seg.offset : nullptr)...);
+  }
+  return f((streams.first ? gather(streams.first, seg, streams.second) : nullptr)...);
+}
+
+// Mean and M2 of one contiguous block, two passes over cached data. The first pass sums
+// x - x[0] rather than x: with a large mean (1e4 over a spread of 1) float32 sums of raw values
+// would lose the digits the variance is made of.
+template <typename acc_t, typename T>
+inline MeanM2<acc_t> block_mean_m2(const T* x, int64_t len) {
+  const acc_t shift = load_acc<acc_t>(x[0]);
+  const acc_t mean =
+      shift + lane_sum<acc_t>(len, [&](int64_t i) { return load_acc<acc_t>(x[i]) - shift; }) / static_cast<acc_t>(len);
+  const acc_t m2 = lane_sum<acc_t>(len, [&](int64_t i) {
+    const acc_t d = load_acc<acc_t>(x[i]) - mean;
+    return d * d;
+  });
+  return {mean, m2, len};
+}
+
+template <typename scalar_t, typename acc_t>
+void stats_planar(const StatsArgs<scalar_t, acc_t>& a) {
+  at::parallel_for(0, a.shape.channels, 1, [&](int64_t c0, int64_t c1) {
+    acc_t buf[kBlock];
+    for (int64_t c = c0; c < c1; ++c) {
+      MeanM2<acc_t> acc{0, 0, 0};
+      for_each_channel_block(a.shape, c, [&](const Segments& seg) {
+        acc = chan_merge(acc, with_planar_block<acc_t>(seg, [&](const auto* x) { return block_mean_m2<acc_t>(x, seg.numel()); },
+                                                       std::pair<const scalar_t*, acc_t*>{a.input, buf}));
+      });
+      a.mean[c] = acc.mean;
+      a.var[c] = acc.m2 / static_cast<acc_t>(acc.count);
+    }
+  });
+}
+
+// channels_last blocks: rows_per_block rows x cols_per_block columns. Read in place, up to
+// kRowBlock elements (L2-resident between the two statistics passes): each block ends with a
+// merge over all its columns, which costs as much as a pass over one row, so more rows amortise
+// it. Converted into buffers, about kBlock elements (a round trip of the buffers through L2
+// costs more than the merges) but at least kMinRows rows.
+constexpr int64_t kMinRows = 4;
+constexpr int64_t kRowBlock = 16384;
+
+struct RowBlocks {
+  int64_t cols_per_block, rows_per_block, count;
+
+  RowBlocks(const BnShape& shape, bool in_place)
+      : cols_per_block(std::min(shape.channels, kBlock)),
+        rows_per_block(std::max<int64_t>(kMinRows, (in_place ? kRowBlock : kBlock) / cols_per_block)),
+        count((shape.reduce_size() + rows_per_block - 1) / rows_per_block) {}
+
+  int64_t numel() const { return rows_per_block * cols_per_block; }
+};
+
+// Rows [r0, r0 + n) x columns [c0, c0 + cols) of a channels_last tensor with C channels,
+// gathered (and converted) into buf as one contiguous n x cols acc_t array.
+template <typename acc_t, typename scalar_t>
+inline const acc_t* gather_rows(const scalar_t* base, int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t cols,
+                                acc_t* buf) {
+  for (int64_t r = 0; r < n; ++r) to_acc(base + (r0 + r) * C + c0, buf + r * cols, cols);
+  return buf;
+}
+
+// As with_planar_block, for a channels_last block: in place when it spans whole rows.
+template <typename acc_t, typename scalar_t, typename F, typename... Buffers>
+inline auto with_row_block(int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t cols, F f,
+                           std::pair<const scalar_t*, Buffers>... streams) {
+  if constexpr (kReadsInPlace<scalar_t, acc_t>) {
+    if (cols == C) return f((streams.first ? streams.first + r0 * C : nullptr)...);
+  }
+  return f((streams.first ? gather_rows(streams.first, C, r0, n, c0, cols, streams.second) : nullptr)...);
+}
+
+template <typename scalar_t, typename acc_t>
+void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
+  const RowBlocks blocks(a.shape, kReadsInPlace<scalar_t, acc_t>);
+  const int threads = at::get_num_threads();
+  // Per-thread partials; every channel of a thread has seen the same rows, so one count each.
+  std::vector<acc_t> t_mean(threads * C, 0), t_m2(threads * C, 0);
+  std::vector<int64_t> t_count(threads, 0);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
+    const int tid = at::get_thread_num();
+    std::vector<acc_t> buf(blocks.numel()), block_mean(blocks.cols_per_block), block_m2(blocks.cols_per_block);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
+      const acc_t len = static_cast<acc_t>(n);
+      const int64_t total = t_count[tid] + n;
+      const acc_t block_share = len / static_cast<acc_t>(total);
+      const acc_t prev = static_cast<acc_t>(t_count[tid]);
+      for (int64_t c0 = 0; c0 < C; c0 += blocks.cols_per_block) {
+        const int64_t cols = std::min(blocks.cols_per_block, C - c0);
+        acc_t* sum = block_mean.data();
+        acc_t* m2_sum = block_m2.data();
+        with_row_block<acc_t>(C, r0, n, c0, cols, [&](const auto* x) {
+          // Shifted sums, as in block_mean_m2: the block's first row is the shift.
+          std::fill(sum, sum + cols, acc_t(0));
+          std::fill(m2_sum, m2_sum + cols, acc_t(0));
+          for (int64_t r = 0; r < n; ++r) {
+#pragma omp simd
+            for (int64_t j = 0; j < cols; ++j) sum[j] += load_acc<acc_t>(x[r * cols + j]) - load_acc<acc_t>(x[j]);
+          }
+#pragma omp simd
+          for (int64_t j = 0; j < cols; ++j) sum[j] = load_acc<acc_t>(x[j]) + sum[j] / len;  // the block's mean
+          for (int64_t r = 0; r < n; ++r) {
+#pragma omp simd
+            for (int64_t j = 0; j < cols; ++j) {
+              const acc_t d = load_acc<acc_t>(x[r * cols + j]) - sum[j];
+              m2_sum[j] += d * d;
+            }
+          }
+          return 0;
+        }, std::pair<const scalar_t*, acc_t*>{a.input, buf.data()});
+        // Chan merge of the block into this thread's partial, all channels at once.
+        acc_t* mean = &t_mean[tid * C + c0];
+        acc_t* m2 = &t_m2[tid * C + c0];
+#pragma omp simd
+        for (int64_t j = 0; j < cols; ++j) {
+          const acc_t delta = sum[j] - mean[j];
+          mean[j] += delta * block_share;
+          m2[j] += m2_sum[j] + delta * delta * prev * block_share;
+        }
+      }
+      t_count[tid] = total;
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    MeanM2<acc_t> acc{0, 0, 0};
+    for (int t = 0; t < threads; ++t) acc = chan_merge(acc, MeanM2<acc_t>{t_mean[t * C + c], t_m2[t * C + c], t_count[t]});
+    a.mean[c] = acc.mean;
+    a.var[c] = acc.m2 / static_cast<acc_t>(acc.count);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void stats_kernel(const StatsArgs<scalar_t, acc_t>& a) {
+  if (a.shape.channels_last) stats_channels_last(a);
+  else stats_planar(a);
+}
+
+// sum(g) and sum(g * xc) per channel. Blocks sum in acc_t (vectorised), block totals
+// accumulate in double so that long reductions in float32 keep their precision.
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
+  at::parallel_for(0, a.shape.channels, 1, [&](int64_t c0, int64_t c1) {
+    acc_t dy_buf[kBlock], saved_buf[kBlock], res_buf[kBlock];
+    for (int64_t c = c0; c < c1; ++c) {
+      const acc_t mean = a.mean[c], scale = a.scale[c], bias = a.bias[c], param = a.activation_param;
+      double total_g = 0, total_g_xc = 0;
+      for_each_channel_block(a.shape, c, [&](const Segments& seg) {
+        const SumPair<acc_t> sums = with_planar_block<acc_t>(seg, [&](const auto* dy, const auto* saved, const auto* res) {
+          return lane_sum_pair<acc_t>(seg.numel(), [&](int64_t i) {
+            const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
+                load_acc<acc_t>(dy[i]), load_acc<acc_t>(saved[i]), kResidual ? load_acc<acc_t>(res[i]) : acc_t(0),
+                mean, scale, bias, param);  // {xc, g}
+            return SumPair<acc_t>{t.z, t.z * t.xc};
+          });
+        }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf}, std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf},
+           std::pair<const scalar_t*, acc_t*>{a.residual, res_buf});
+        total_g += sums.first;
+        total_g_xc += sums.second;
+      });
+      a.sum_g[c] = static_cast<acc_t>(total_g);
+      a.sum_g_xc[c] = static_cast<acc_t>(total_g_xc);
+    }
+  });
+}
+
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
+  const RowBlocks blocks(a.shape, kReadsInPlace<scalar_t, acc_t>);
+  const int threads = at::get_num_threads();
+  std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
+  at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
+    const int tid = at::get_thread_num();
+    std::vector<acc_t> dy_buf(blocks.numel()), saved_buf(blocks.numel()), res_buf(kResidual ? blocks.numel() : 0);
+    std::vector<acc_t> g_sums(blocks.cols_per_block), g_xc_sums(blocks.cols_per_block);
+    acc_t* sum_g = g_sums.data();
+    acc_t* sum_g_xc = g_xc_sums.data();
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
+      for (int64_t c0 = 0; c0 < C; c0 += blocks.cols_per_block) {
+        const int64_t cols = std::min(blocks.cols_per_block, C - c0);
+        const acc_t *mean = a.mean + c0, *scale = a.scale + c0, *bias = a.bias + c0;
+        std::fill(sum_g, sum_g + cols, acc_t(0));
+        std::fill(sum_g_xc, sum_g_xc + cols, acc_t(0));
+        with_row_block<acc_t>(C, r0, n, c0, cols, [&](const auto* dy, const auto* saved, const auto* res) {
+          for (int64_t r = 0; r < n; ++r) {
+            const int64_t o = r * cols;
+#pragma omp simd
+            for (int64_t j = 0; j < cols; ++j) {
+              const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
+                  load_acc<acc_t>(dy[o + j]), load_acc<acc_t>(saved[o + j]),
+                  kResidual ? load_acc<acc_t>(res[o + j]) : acc_t(0), mean[j], scale[j], bias[j],
+                  a.activation_param);  // {xc, g}
+              sum_g[j] += t.z;
+              sum_g_xc[j] += t.z * t.xc;
+            }
+          }
+          return 0;
+        }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.data()},
+           std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.data()},
+           std::pair<const scalar_t*, acc_t*>{a.residual, res_buf.data()});
+        double* g_total = &t_g[tid * C + c0];
+        double* g_xc_total = &t_g_xc[tid * C + c0];
+        for (int64_t j = 0; j < cols; ++j) {
+          g_total[j] += sum_g[j];
+          g_xc_total[j] += sum_g_xc[j];
+        }
+      }
+    }
+  });
+  for (int64_t c = 0; c < C; ++c) {
+    double g = 0, g_xc = 0;
+    for (int t = 0; t < threads; ++t) {
+      g += t_g[t * C + c];
+      g_xc += t_g_xc[t * C + c];
+    }
+    a.sum_g[c] = static_cast<acc_t>(g);
+    a.sum_g_xc[c] = static_cast<acc_t>(g_xc);
+  }
+}
+
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+void reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a) {
+  if (a.shape.channels_last) reduce_channels_last<Act, kResidual, kFromOutput>(a);
+  else reduce_planar<Act, kResidual, kFromOutput>(a);
+}
+
+}  // namespace cpu
+}  // namespace pyfusedbn
