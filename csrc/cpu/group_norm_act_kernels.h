@@ -1,6 +1,6 @@
 // CPU kernels of the GroupNorm family: statistics per (sample, group), and the elementwise and
 // backward-reduction passes with per-(sample, channel) coefficients. They reuse BatchNorm's
-// per-element helpers (block_mean_m2, pre_activation, grad_and_centred) and argument structs.
+// per-element helpers (block_mean_m2, rebuild_pre_activation) and argument structs.
 //
 // Layouts: planar (NCHW) runs over (n, c) planes, one coefficient each, threads split the
 // planes; rows (channels_last, or one position per sample) run over rows of C values and
@@ -17,6 +17,26 @@
 
 namespace pyfusedbn {
 namespace cpu {
+
+// Pre-activation value z at element i of a run: per-(sample, channel) coefficients are a scalar
+// for a planar run and indexed by i along a channels_last row.
+// g = grad_out * act'(z) and xc of element i, coefficient slot c (scalar per-channel loads hoist
+// out of planar loops; along a channels_last row c == i). Returned as Rebuilt{xc, z = g}.
+template <typename Act, bool kResidual, bool kFromOutput, typename Args>
+inline auto element_grad_and_centred(const Args& a, int64_t i, int64_t c) {
+  using acc_t = decltype(a.activation_param);
+  const auto r = rebuild_pre_activation<Act, kResidual, kFromOutput, acc_t>(
+      load_acc<acc_t>(a.saved[i]), kResidual ? load_acc<acc_t>(a.residual[i]) : acc_t(0),
+      a.mean[c], a.scale[c], a.bias[c], a.activation_param);
+  return Rebuilt<acc_t>{r.xc, load_acc<acc_t>(a.grad_out[i]) * Act::grad(r.z, a.activation_param)};
+}
+
+template <bool kResidual, typename scalar_t, typename acc_t>
+inline acc_t pre_activation(const scalar_t* x, const scalar_t* res, acc_t scale, acc_t shift, int64_t i) {
+  acc_t z = load_acc<acc_t>(x[i]) * scale + shift;
+  if constexpr (kResidual) z += load_acc<acc_t>(res[i]);
+  return z;
+}
 
 // Channels per reduction task in the rows layout: a chunk's partials stay in registers/L1 and
 // (sample, chunk) tasks give threads work even for a batch of one.
@@ -94,7 +114,7 @@ void group_stats_kernel(const GroupStatsArgs<scalar_t, acc_t>& a) {
         const scalar_t* group = a.input + ng * len;
         MeanM2<acc_t> acc{0, 0, 0};
         for (int64_t s0 = 0; s0 < len; s0 += kBlock)
-          acc = chan_merge(acc, block_mean_m2<scalar_t, acc_t>(group + s0, std::min(kBlock, len - s0)));
+          acc = chan_merge(acc, block_mean_m2<acc_t>(group + s0, std::min(kBlock, len - s0)));
         a.mean[ng] = acc.mean;
         a.var[ng] = acc.m2 / static_cast<acc_t>(len);
       }
@@ -171,14 +191,14 @@ void group_elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
     if (planar) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
-        const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, 0);  // {xc, g}
+        const auto t = element_grad_and_centred<Act, kResidual, kFromOutput>(run, i, 0);  // {xc, g}
         dx[i] = store_as<scalar_t>(t.z * coef_g[0] + t.xc * coef_xc[0] + coef_const[0]);
         if constexpr (kResidual) dres[i] = store_as<scalar_t>(t.z);
       }
     } else {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
-        const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, i);
+        const auto t = element_grad_and_centred<Act, kResidual, kFromOutput>(run, i, i);
         dx[i] = store_as<scalar_t>(t.z * coef_g[i] + t.xc * coef_xc[i] + coef_const[i]);
         if constexpr (kResidual) dres[i] = store_as<scalar_t>(t.z);
       }
@@ -203,7 +223,7 @@ void group_reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a) {
           acc_t sum_g = 0, sum_g_xc = 0;
 #pragma omp simd reduction(+ : sum_g, sum_g_xc)
           for (int64_t i = 0; i < len; ++i) {
-            const auto t = grad_and_centred<Act, kResidual, kFromOutput>(run, i, p);  // {xc, g}
+            const auto t = element_grad_and_centred<Act, kResidual, kFromOutput>(run, i, p);  // {xc, g}
             sum_g += t.z;
             sum_g_xc += t.z * t.xc;
           }
@@ -237,7 +257,7 @@ void group_reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a) {
         if constexpr (kResidual) row.residual += off;
 #pragma omp simd
         for (int64_t c = 0; c < width; ++c) {
-          const auto t = grad_and_centred<Act, kResidual, kFromOutput>(row, c, c);  // {xc, g}
+          const auto t = element_grad_and_centred<Act, kResidual, kFromOutput>(row, c, c);  // {xc, g}
           sum_g[c] += t.z;
           sum_g_xc[c] += t.z * t.xc;
         }
