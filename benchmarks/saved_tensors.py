@@ -130,6 +130,11 @@ class SavedTensorCensus:
                     getattr(node, attr)
             self._current_op = None
             todo.extend(next_node for next_node, _ in node.next_functions)
+        # A node with its autograd in C++ (pyfusedbn's layer op) keeps its saved tensors out of
+        # Python's reach, so nothing unpacks them: they belong to the module that packed them.
+        for record in self.records:
+            if record.op == "?" and record.module_type.startswith("pyfusedbn"):
+                record.op = f"BatchNormAct C++ autograd node ({record.module_type})"
         by_storage = collections.defaultdict(list)
         for record in self.records:
             by_storage[record.storage].append(record)
