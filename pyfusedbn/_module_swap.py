@@ -7,6 +7,8 @@ from torch import nn
 from ._foreign_layers import (TIMM_BATCH_NORM_ACT, class_name, is_frozen_batch_norm, is_identity,
                               is_timm_batch_norm_act, trailing_layers)
 from ._torch_activations import NotFusable, activation_module, module_activation
+from .group_norm_convert import (fused_from_norm, is_fused_group_family_norm,
+                                 is_plain_group_family_norm, norm_from_fused)
 from .modules import BatchNormAct1d, BatchNormAct2d, BatchNormAct3d, _BatchNormAct
 
 # The norm layers convert fuses -> the fused class, by exact class (torch's) or qualified class
@@ -26,16 +28,21 @@ def is_plain_batch_norm(module):
 
 
 def is_convertible_norm(module):
-    """A norm layer convert replaces by a fused one: torch's BatchNorm or timm's BatchNormAct2d."""
-    return is_plain_batch_norm(module) or class_name(type(module)) in NAMED_NORM_TO_FUSED
+    """A norm layer convert replaces by a fused one: torch's BatchNorm, GroupNorm or InstanceNorm,
+    or timm's BatchNormAct2d."""
+    return (is_plain_batch_norm(module) or class_name(type(module)) in NAMED_NORM_TO_FUSED
+            or is_plain_group_family_norm(module))
 
 
 def is_foldable_norm(module):
+    """Only the BatchNorm kind folds: GroupNorm/InstanceNorm use each sample's own statistics."""
+    if is_plain_group_family_norm(module) or is_fused_group_family_norm(module):
+        return False
     return is_convertible_norm(module) or is_fused(module) or is_frozen_batch_norm(module)
 
 
 def is_fused(module):
-    return isinstance(module, _BatchNormAct)
+    return isinstance(module, _BatchNormAct) or is_fused_group_family_norm(module)
 
 
 def inner_activation(norm):
@@ -74,6 +81,8 @@ def _options(bn):
 
 def fused_from_batch_norm(bn, activation, activation_param, inner_act=None):
     """The fused layer taking bn's state; inner_act: the activation module bn applied itself."""
+    if is_plain_group_family_norm(bn):
+        return fused_from_norm(bn, activation, activation_param)
     fused_class = BN_TO_FUSED.get(type(bn)) or NAMED_NORM_TO_FUSED[class_name(type(bn))]
     fused = fused_class(activation=activation, activation_param=activation_param, **_options(bn))
     if not is_plain_batch_norm(bn):
@@ -86,6 +95,8 @@ def batch_norm_from_fused(fused):
     SyncBatchNormAct becomes an nn.SyncBatchNorm on the same process group."""
     from .sync_batchnorm import SyncBatchNormAct  # late: sync_batchnorm imports torch.distributed
 
+    if is_fused_group_family_norm(fused):
+        return norm_from_fused(fused)
     source = getattr(fused, SOURCE_ATTRIBUTE, None)
     if source is not None:
         # Its own class: timm's BatchNormAct2d builds an act (replaced) and no drop.
