@@ -10,6 +10,7 @@
 // Backward sums: NCHW one block per (n, c) plane; NHWC one block per (n, 32-channel tile),
 // x along channels (coalesced), y along the sample's rows.
 #include "block_merge.cuh"
+#include "group_norm_device_utils.cuh"
 #include "group_norm_kernels.cuh"
 
 namespace pyfusedbn {
@@ -31,15 +32,15 @@ __global__ void group_stats_kernel(GroupStatsArgs<scalar_t, acc_t> a) {
   const int64_t len = a.channels_per_group() * a.shape.spatial;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
   MeanM2<acc_t> acc{0, 0, 0};
-  for (int64_t j0 = tid; j0 < len; j0 += static_cast<int64_t>(kUnroll) * threads) {
-    acc_t x[kUnroll];
+  for (int64_t j0 = tid; j0 < len; j0 += static_cast<int64_t>(kGroupUnroll) * threads) {
+    acc_t x[kGroupUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kGroupUnroll; ++u) {
       const int64_t j = j0 + static_cast<int64_t>(u) * threads;
       if (j < len) x[u] = to_acc<acc_t>(a.input[group_offset(a, ng, j)]);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
+    for (int u = 0; u < kGroupUnroll; ++u)
       if (j0 + static_cast<int64_t>(u) * threads < len) welford_add(acc, x[u]);
   }
   acc = merge_over_block(acc, 1);
@@ -69,10 +70,10 @@ __global__ void group_apply_kernel(ApplyArgs<scalar_t, acc_t> a) {
   const int channel_step = a.shape.channels_last ? 1 : 0;
   for_each_vector(a.shape, kVec, [&](int64_t i, int64_t nc) {
     acc_t x[kVec], residual[kVec] = {}, out[kVec], scale[kVec], shift[kVec];
-    load_acc<kVec>(a.input + i, x);
-    if constexpr (kResidual) load_acc<kVec>(a.residual + i, residual);
-    load_per_lane<kVec>(a.scale, nc, channel_step, scale);
-    load_per_lane<kVec>(a.shift, nc, channel_step, shift);
+    group_load_acc<kVec>(a.input + i, x);
+    if constexpr (kResidual) group_load_acc<kVec>(a.residual + i, residual);
+    group_load_per_lane<kVec>(a.scale, nc, channel_step, scale);
+    group_load_per_lane<kVec>(a.shift, nc, channel_step, shift);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) out[k] = Act::value(x[k] * scale[k] + shift[k] + residual[k], a.activation_param);
     store_acc<kVec>(a.output + i, out);
@@ -83,12 +84,12 @@ template <typename Act, bool kResidual, int kVec, typename scalar_t, typename ac
 __global__ void group_elemt_kernel(ElemtArgs<scalar_t, acc_t> a) {
   const int channel_step = a.shape.channels_last ? 1 : 0;
   for_each_vector(a.shape, kVec, [&](int64_t i, int64_t nc) {
-    const auto k_c = RebuildCoefs<acc_t, kVec>::load(a.mean, a.scale, a.bias, nc, channel_step);
+    const auto k_c = GroupRebuildCoefs<acc_t, kVec>::load(a.mean, a.scale, a.bias, nc, channel_step);
     acc_t g[kVec], xc[kVec], coef_g[kVec], coef_xc[kVec], coef_const[kVec], grad_input[kVec];
-    backward_terms<Act, kResidual, false>(a, i, k_c, g, xc);
-    load_per_lane<kVec>(a.coef_g, nc, channel_step, coef_g);
-    load_per_lane<kVec>(a.coef_xc, nc, channel_step, coef_xc);
-    load_per_lane<kVec>(a.coef_const, nc, channel_step, coef_const);
+    group_backward_terms<Act, kResidual, false>(a, i, k_c, g, xc);
+    group_load_per_lane<kVec>(a.coef_g, nc, channel_step, coef_g);
+    group_load_per_lane<kVec>(a.coef_xc, nc, channel_step, coef_xc);
+    group_load_per_lane<kVec>(a.coef_const, nc, channel_step, coef_const);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) grad_input[k] = g[k] * coef_g[k] + xc[k] * coef_xc[k] + coef_const[k];
     store_acc<kVec>(a.grad_input + i, grad_input);
@@ -100,11 +101,11 @@ __global__ void group_elemt_kernel(ElemtArgs<scalar_t, acc_t> a) {
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
 __global__ void group_reduce_planar(ReduceArgs<scalar_t, acc_t> a) {
   const int64_t nc = blockIdx.x, S = a.shape.spatial;
-  const auto k_c = RebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, nc);
+  const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, nc);
   SumPair<acc_t> acc{0, 0};
   for (int64_t s = threadIdx.y * blockDim.x + threadIdx.x; s < S; s += blockDim.x * blockDim.y) {
     acc_t g[1], xc[1];
-    backward_terms<Act, kResidual, false>(a, nc * S + s, k_c, g, xc);
+    group_backward_terms<Act, kResidual, false>(a, nc * S + s, k_c, g, xc);
     acc.g += g[0];
     acc.g_xc += g[0] * xc[0];
   }
@@ -122,10 +123,10 @@ __global__ void group_reduce_rows(ReduceArgs<scalar_t, acc_t> a, int64_t tiles) 
   const int64_t n = blockIdx.x / tiles, c = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
   SumPair<acc_t> acc{0, 0};
   if (c < C) {
-    const auto k_c = RebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, n * C + c);
+    const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, n * C + c);
     for (int64_t s = threadIdx.y; s < S; s += blockDim.y) {
       acc_t g[1], xc[1];
-      backward_terms<Act, kResidual, false>(a, (n * S + s) * C + c, k_c, g, xc);
+      group_backward_terms<Act, kResidual, false>(a, (n * S + s) * C + c, k_c, g, xc);
       acc.g += g[0];
       acc.g_xc += g[0] * xc[0];
     }
