@@ -8,18 +8,13 @@
 #include "../batch_norm_act_backward_ops.h"
 #include "../dispatch.h"
 #include "../kernel_calls.h"
+#include "binding_utils.h"
 #include "batch_norm_act_kernels.h"
 
 namespace pyfusedbn {
 namespace {
 
-template <typename scalar_t>
-const scalar_t* ptr_or_null(const OptTensor& t) {
-  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
-}
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+using namespace cpu_binding;
 
 // at::Half / at::BFloat16 convert to and from float (round to nearest) by static_cast.
 struct HostConvert {

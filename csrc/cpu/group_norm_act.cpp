@@ -8,18 +8,13 @@
 #include "../dispatch.h"
 #include "../group_norm_act_ops.h"
 #include "../kernel_calls.h"
+#include "binding_utils.h"
 #include "group_norm_act_kernels.h"
 
 namespace pyfusedbn {
 namespace {
 
-template <typename scalar_t>
-const scalar_t* ptr_or_null(const OptTensor& t) {
-  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
-}
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+using namespace cpu_binding;
 
 struct CpuGroupBackend {
   static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, Tensor& mean, Tensor& var) {

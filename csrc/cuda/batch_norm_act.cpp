@@ -12,36 +12,12 @@
 #include "../batch_norm_act_backward_ops.h"
 #include "../kernel_calls.h"
 #include "batch_norm_act_kernels.cuh"
+#include "binding_utils.h"
 
 namespace pyfusedbn {
 namespace {
 
-// The CUDA type with the layout of a torch scalar type.
-template <typename T> struct CudaScalar { using type = T; };
-template <> struct CudaScalar<at::Half> { using type = __half; };
-template <> struct CudaScalar<at::BFloat16> { using type = __nv_bfloat16; };
-
-template <typename scalar_t>
-auto* device_ptr(const Tensor& t) {
-  return reinterpret_cast<typename CudaScalar<scalar_t>::type*>(t.data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-const typename CudaScalar<scalar_t>::type* device_ptr_or_null(const OptTensor& t) {
-  return t.has_value() ? device_ptr<scalar_t>(*t) : nullptr;
-}
-
-// (c10/cuda only: ATen/cuda/CUDAContext.h would pull in cuBLAS/cuSPARSE headers we do not use.)
-int multiprocessor_count(c10::DeviceIndex device) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
-cuda::LaunchContext launch_context(const Tensor& like) {
-  const c10::DeviceIndex device = like.device().index();
-  return {c10::cuda::getCurrentCUDAStream(device).stream(), multiprocessor_count(device)};
-}
+using namespace cuda_binding;
 
 Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda::LaunchContext& ctx) {
   return at::empty({cuda::workspace_elements(shape, ctx.num_sms)}, like.options().dtype(acc_type_of(like)));
@@ -49,9 +25,6 @@ Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda:
 
 template <typename T>
 T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
 
 struct CudaBackend {
   static void stats(const Tensor& x, const BnShape& shape, void* mean, void* var) {

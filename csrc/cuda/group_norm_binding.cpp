@@ -11,36 +11,13 @@
 
 #include "../group_norm_act_ops.h"
 #include "../kernel_calls.h"
+#include "binding_utils.h"
 #include "group_norm_kernels.cuh"
 
 namespace pyfusedbn {
 namespace {
 
-// The CUDA type with the layout of a torch scalar type (as batch_norm_act.cpp, whose helpers
-// are private to it).
-template <typename T> struct CudaScalar { using type = T; };
-template <> struct CudaScalar<at::Half> { using type = __half; };
-template <> struct CudaScalar<at::BFloat16> { using type = __nv_bfloat16; };
-
-template <typename scalar_t>
-auto* device_ptr(const Tensor& t) {
-  return reinterpret_cast<typename CudaScalar<scalar_t>::type*>(t.data_ptr<scalar_t>());
-}
-
-template <typename scalar_t>
-const typename CudaScalar<scalar_t>::type* device_ptr_or_null(const OptTensor& t) {
-  return t.has_value() ? device_ptr<scalar_t>(*t) : nullptr;
-}
-
-cuda::LaunchContext launch_context(const Tensor& like) {
-  const c10::DeviceIndex device = like.device().index();
-  int num_sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device));
-  return {c10::cuda::getCurrentCUDAStream(device).stream(), num_sms};
-}
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+using namespace cuda_binding;
 
 struct CudaGroupBackend {
   static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, Tensor& mean, Tensor& var) {

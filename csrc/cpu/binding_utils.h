@@ -1,0 +1,20 @@
+// What the CPU bindings (batch_norm_act.cpp, group_norm_act.cpp) share: raw pointers of optional
+// tensors and the floating-point dtype dispatch.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+namespace pyfusedbn {
+namespace cpu_binding {
+
+template <typename scalar_t>
+const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+}  // namespace cpu_binding
+}  // namespace pyfusedbn
+
+#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
