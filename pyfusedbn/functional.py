@@ -10,6 +10,15 @@ from ._ops import ops
 from .activations import resolve_activation
 from .memory_efficient import apply_memory_efficient, check_memory_efficient
 
+# torch.compiler.is_exporting() also answers True inside torch.compile before torch 2.13 (seen on
+# 2.11), where taking the export-only path would leave backward without statistics: there the
+# eval forward always keeps them when a backward may follow, under export too.
+_EXPORT_FLAG_RELIABLE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 13)
+
+
+def _is_exporting() -> bool:
+    return _EXPORT_FLAG_RELIABLE and torch.compiler.is_exporting()
+
 
 def batch_norm_act(
     input: Tensor,
@@ -153,7 +162,7 @@ def _fused_forward(input, weight, bias, residual, running_mean, running_var, tra
         return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
                                         momentum, eps, activation, activation_param)
     # torch.export traces the forward only: nothing will read the statistics.
-    if need_backward and not torch.compiler.is_exporting():
+    if need_backward and not _is_exporting():
         # Copies of the statistics: the buffers may be updated in place before backward runs.
         return ops.batch_norm_act_eval_for_backward(input, running_mean, running_var, weight, bias,
                                                     residual, eps, activation, activation_param)
