@@ -37,7 +37,7 @@ test-lowest-torch:
 	bash tools/scratch_test.sh torch-$(LOW_TORCH_VERSION) $(LOW_VENV)/bin/python -q tests $(LOW_TORCH_TESTS)
 
 # More than 2^31 elements (tests/test_huge.py): ~14 GiB of memory; it skips, saying why, when
-# less is free. CI runs it last, alone.
+# less is free. Not in CI yet: its first full-size run failed and is being looked into.
 test-huge: build
 	PYFUSEDBN_HUGE_TESTS=1 $(PY) -m pytest -q -rs tests/test_huge.py
 
