@@ -3,8 +3,9 @@ torch reference (nn.functional norm + residual + activation)."""
 import torch
 import torch.nn.functional as F
 
+import pyfusedbn
 from pyfusedbn.activations import torch_activation
-from helpers import param_dtype, random_input
+from helpers import TOLERANCE, assert_close, param_dtype, random_input
 
 # (id, input shape, memory format, num_groups): every rank, channels_last, one group, one channel
 # per group (InstanceNorm's case), groups wider than a SIMD chunk, a 2-D input (one position).
@@ -50,3 +51,27 @@ def leaves64(*tensors):
 
 def leaves(*tensors):
     return [None if t is None else t.detach().clone().requires_grad_() for t in tensors]
+
+
+EPS = 1e-5
+
+
+def check_against_float64(case, dtype, activation, generator, affine=True, residual=True, device="cpu"):
+    """group_norm_act on `device` against the float64 CPU reference: output and every gradient."""
+    _, shape, memory_format, groups = case
+    x, w, b, res, dy = [None if t is None else t.to(device)
+                        for t in make_inputs(shape, dtype, memory_format, generator, affine, residual)]
+    x_f, w_f, b_f, res_f = leaves(x, w, b, res)
+    out = pyfusedbn.group_norm_act(x_f, groups, w_f, b_f, EPS, activation, residual=res_f)
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    assert out.is_contiguous(memory_format=memory_format)
+    out.backward(dy)
+    x_r, w_r, b_r, res_r = leaves64(*[None if t is None else t.cpu() for t in (x, w, b, res)])
+    ref = reference_group_norm_act(x_r, groups, w_r, b_r, EPS, activation, None, res_r)
+    ref.backward(dy.cpu().to(torch.float64))
+    tol = TOLERANCE[dtype]
+    assert_close("output", out, ref, tol)
+    for name, got, want in (("grad_input", x_f, x_r), ("grad_weight", w_f, w_r),
+                            ("grad_bias", b_f, b_r), ("grad_residual", res_f, res_r)):
+        if want is not None:
+            assert_close(name, got.grad, want.grad, tol)

@@ -4,30 +4,8 @@ import pytest
 import torch
 
 import pyfusedbn
-from group_norm_cases import (CASE_IDS, GROUP_CASES, leaves, leaves64, make_inputs,
-                              reference_group_norm_act)
-from helpers import DTYPES, TOLERANCE, assert_close
-
-EPS = 1e-5
-
-
-def check_against_float64(case, dtype, activation, generator, affine=True, residual=True):
-    _, shape, memory_format, groups = case
-    x, w, b, res, dy = make_inputs(shape, dtype, memory_format, generator, affine, residual)
-    x_f, w_f, b_f, res_f = leaves(x, w, b, res)
-    out = pyfusedbn.group_norm_act(x_f, groups, w_f, b_f, EPS, activation, residual=res_f)
-    assert out.dtype == dtype and out.shape == x.shape
-    assert out.is_contiguous(memory_format=memory_format)
-    out.backward(dy)
-    x_r, w_r, b_r, res_r = leaves64(x, w, b, res)
-    ref = reference_group_norm_act(x_r, groups, w_r, b_r, EPS, activation, None, res_r)
-    ref.backward(dy.to(torch.float64))
-    tol = TOLERANCE[dtype]
-    assert_close("output", out, ref, tol)
-    for name, got, want in (("grad_input", x_f, x_r), ("grad_weight", w_f, w_r),
-                            ("grad_bias", b_f, b_r), ("grad_residual", res_f, res_r)):
-        if want is not None:
-            assert_close(name, got.grad, want.grad, tol)
+from group_norm_cases import CASE_IDS, EPS, GROUP_CASES, check_against_float64, reference_group_norm_act
+from helpers import DTYPES, assert_close
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
