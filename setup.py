@@ -23,13 +23,20 @@ def host_cpu_flags():
     except OSError:
         return []
     wanted = [("avx2", "-mavx2"), ("fma", "-mfma"), ("f16c", "-mf16c")]
-    return [flag for name, flag in wanted if name in cpu_flags]
+    flags = [flag for name, flag in wanted if name in cpu_flags]
+    # AVX-512 where the CPU has the usual subset, with 512-bit vectors preferred (GCC's generic
+    # tuning would stay at 256): torch's own CPU kernels run AVX-512 here, and the exp-based
+    # activations and bf16 conversions are ~1.4x faster with it (1 thread, SiLU over L1-sized rows).
+    avx512 = ("avx512f", "avx512bw", "avx512vl", "avx512dq")
+    if "-mavx2" in flags and all(name in cpu_flags for name in avx512):
+        flags += ["-m" + name for name in avx512] + ["-mprefer-vector-width=512"]
+    return flags
 
 
 def libmvec_flags(cpu_flags):
     """glibc's libmvec vectorises exp/tanh/erf/log1p/expm1 loops (see csrc/cpu/vector_math.h).
 
-    Used with AVX2 (the variants GCC then calls) when this glibc has all of them (2.35+);
+    Used with AVX2 (and AVX-512) when this glibc has every variant GCC may call (2.35+);
     PYFUSEDBN_LIBMVEC=0 turns it off.
     """
     if os.environ.get("PYFUSEDBN_LIBMVEC", "1") == "0" or "-mavx2" not in cpu_flags:
@@ -40,14 +47,16 @@ def libmvec_flags(cpu_flags):
         libmvec = ctypes.CDLL("libmvec.so.1")
     except OSError:
         return [], []
-    for fn in ("expf", "expm1f", "log1pf", "tanhf", "erff"):
-        for variant in ("_ZGVdN8v_", "_ZGVbN4v_"):
-            if not hasattr(libmvec, variant + fn):
-                return [], []
-    for fn in ("exp", "expm1", "log1p", "tanh", "erf"):
-        for variant in ("_ZGVdN4v_", "_ZGVbN2v_"):
-            if not hasattr(libmvec, variant + fn):
-                return [], []
+    # The variants GCC may call: SSE (b), AVX2 (d) and, with -mavx512f, AVX-512 (e).
+    wide = "-mavx512f" in cpu_flags
+    float_variants = ("_ZGVdN8v_", "_ZGVbN4v_") + (("_ZGVeN16v_",) if wide else ())
+    double_variants = ("_ZGVdN4v_", "_ZGVbN2v_") + (("_ZGVeN8v_",) if wide else ())
+    for fns, variants in ((("expf", "expm1f", "log1pf", "tanhf", "erff"), float_variants),
+                          (("exp", "expm1", "log1p", "tanh", "erf"), double_variants)):
+        for fn in fns:
+            for variant in variants:
+                if not hasattr(libmvec, variant + fn):
+                    return [], []
     return ["-DPYFUSEDBN_LIBMVEC"], ["-lmvec"]
 
 

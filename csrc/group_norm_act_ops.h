@@ -13,8 +13,10 @@ namespace pyfusedbn {
 
 // Per-(sample, channel) inputs of both backward passes: mean, scale = weight * rstd and the bias,
 // in the accumulate dtype (GroupNorm's coefficients vary per sample, so they stay tensors).
+// grad_cache: where a backend keeps g = grad_out * act'(z) between the two passes, when it does
+// (CPU, costly activations: csrc/cpu/grad_cache.h); undefined otherwise.
 struct BackwardCoefficients {
-  Tensor mean, scale, bias;
+  Tensor mean, scale, bias, grad_cache;
 };
 
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
@@ -76,7 +78,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   const Tensor rstd_nc = expand_per_group(rstd_acc, C);
   const Tensor weight_nc = repeat_per_sample(weight, N, C, 1.0, acc, rstd_acc);
   const BackwardCoefficients k{expand_per_group(mean.to(acc), C), (rstd_nc * weight_nc).contiguous(),
-                               repeat_per_sample(bias, N, C, 0.0, acc, rstd_acc)};
+                               repeat_per_sample(bias, N, C, 0.0, acc, rstd_acc),
+                               Backend::grad_cache(x.input, act)};
   Tensor sum_g = at::zeros({N * C}, rstd_acc.options());
   Tensor sum_g_xc = at::zeros({N * C}, rstd_acc.options());
   if (x.shape.numel() > 0)

@@ -8,7 +8,8 @@ from pyfusedbn.activations import torch_activation
 from helpers import TOLERANCE, assert_close, param_dtype, random_input
 
 # (id, input shape, memory format, num_groups): every rank, channels_last, one group, one channel
-# per group (InstanceNorm's case), groups wider than a SIMD chunk, a 2-D input (one position).
+# per group (InstanceNorm's case), groups wider than a SIMD chunk, a 2-D input (one position),
+# channels_last samples walked one by one (a batch of one; > 2 * 32768 elements each).
 GROUP_CASES = [
     ("2d_g2", (5, 6), torch.contiguous_format, 2),
     ("3d_g3", (3, 6, 7), torch.contiguous_format, 3),
@@ -20,6 +21,9 @@ GROUP_CASES = [
     ("5d_g2", (2, 4, 3, 2, 3), torch.contiguous_format, 2),
     ("5d_cl_g2", (2, 4, 3, 2, 3), torch.channels_last_3d, 2),
     ("4d_long_plane", (2, 4, 80, 70), torch.contiguous_format, 2),
+    # channels_last walks samples: a batch of one, and samples big enough to split inside.
+    ("4d_cl_batch1", (1, 24, 9, 7), torch.channels_last, 6),
+    ("4d_cl_large", (2, 64, 40, 32), torch.channels_last, 8),
 ]
 CASE_IDS = [case[0] for case in GROUP_CASES]
 

@@ -2,13 +2,15 @@
 # GPU validation in one call on a machine with a CUDA build of torch (the lent H100/H200: 16
 # cores, no network): build for this card's arch only, then the CUDA tests, the CUDA
 # microbenchmarks and the end-to-end benchmark, each under its own `timeout` and all inside one
-# overall deadline (GPU_VALIDATE_S, default 480 s), so a slow stage eats no other stage's time
-# beyond it. Results land in $OUT (default benchmarks/results/gpu), at most 6 files:
+# overall deadline (GPU_VALIDATE_S, default 540 s), so a slow stage eats no other stage's time
+# beyond it. Results land in $OUT (default benchmarks/results/gpu), at most 7 files:
 #   gpu_validate.log   every stage's output, with its exit status and seconds
 #   build.log          the whole compiler output (only its tail goes into gpu_validate.log)
 #   cuda_tests.xml     pytest's junit report of the CUDA tests
 #   microbench.json    the CUDA microbenchmarks (benchmarks.microbench)
 #   e2e.json           ResNet-50 eager/converted/compiled and the memory-saving stack (benchmarks.e2e)
+#   group_norm_bench.json  GroupNorm(32)+SiLU on UNet shapes vs eager and compile (issue 13)
+#   model_zoo.json     converted torchvision/timm models, bf16 channels_last training (issue 14)
 # Used as: `run` -> `bash tools/gpu_validate.sh` (or `make gpu-validate`). Exit status: the
 # first failing stage's.
 set -uo pipefail
@@ -17,7 +19,7 @@ out=${OUT:-benchmarks/results/gpu}
 mkdir -p "$out"
 log="$out/gpu_validate.log"
 PY=${PYTHON:-python3}
-deadline=$((SECONDS + ${GPU_VALIDATE_S:-480}))
+deadline=$((SECONDS + ${GPU_VALIDATE_S:-540}))
 status=0
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
@@ -67,10 +69,16 @@ stage cuda-tests 150 "$PY" -m pytest -q -m cuda -n 8 tests -p no:cacheprovider \
 stage microbench 100 "$PY" -m benchmarks.microbench --quick --device cuda --out "$out" --no-progress
 # --budget-s: rows that would start later are skipped (the compiled ones come last), leaving the
 # timeout's margin for the row already running.
-e2e_cap=220
+e2e_cap=190
 e2e_left=$((deadline - SECONDS))
 e2e_budget=$(( (e2e_cap < e2e_left ? e2e_cap : e2e_left) * 2 / 3 ))
 stage e2e "$e2e_cap" "$PY" -m benchmarks.e2e --device cuda --budget-s "$e2e_budget" --out "$out"
+
+stage group-norm-bench 50 "$PY" -m benchmarks.group_norm_bench --quick --device cuda --compile headline \
+  --out "$out"
+# Four models, eager only (compiling each would take the stage's whole time).
+stage model-zoo 80 "$PY" -m benchmarks.model_zoo --device cuda --no-compile --repeats 1 --gpu-steps 10 \
+  --models resnet50,mobilenet_v2,timm/efficientnet_b0,timm/resnet26d --out "$out"
 
 echo "== gpu-validate: exit ${status} after ${SECONDS} s" | tee -a "$log"
 exit "$status"

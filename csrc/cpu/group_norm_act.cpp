@@ -16,6 +16,11 @@ namespace {
 
 using namespace cpu_binding;
 
+template <typename acc_t>
+acc_t* cache_ptr(const BackwardCoefficients& k) {
+  return k.grad_cache.defined() ? k.grad_cache.data_ptr<acc_t>() : nullptr;
+}
+
 struct CpuGroupBackend {
   static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, Tensor& mean, Tensor& var) {
     count_kernel_call(KernelDevice::CPU);
@@ -40,6 +45,14 @@ struct CpuGroupBackend {
     });
   }
 
+  // A view of this thread's reusable buffer (grad_cache.h), valid until the next backward call.
+  static Tensor grad_cache(const Tensor& x, ActKind act) {
+    const auto options = x.options().dtype(acc_type_of(x));
+    const int64_t element_size = static_cast<int64_t>(c10::elementSize(acc_type_of(x)));
+    if (!cpu::keeps_grad(act, false, x.numel(), element_size)) return Tensor();
+    return at::from_blob(cpu::grad_cache_buffer(x.numel() * element_size), {x.numel()}, options);
+  }
+
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
                               const BackwardCoefficients& k, ActKind act, double param, bool from_output,
                               Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
@@ -52,7 +65,8 @@ struct CpuGroupBackend {
           sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(), static_cast<acc_t>(param),
           shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
-        cpu::group_reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+        cpu::group_reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(
+            args, cache_ptr<acc_t>(k));
       });
     });
   }
@@ -73,7 +87,8 @@ struct CpuGroupBackend {
           residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
           static_cast<acc_t>(param),      shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
-        cpu::group_elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+        cpu::group_elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(
+            args, cache_ptr<acc_t>(k));
       });
     });
   }

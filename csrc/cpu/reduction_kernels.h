@@ -212,10 +212,12 @@ void stats_kernel(const StatsArgs<scalar_t, acc_t>& a) {
 
 // sum(g) and sum(g * xc) per channel. Blocks sum in acc_t (vectorised), block totals
 // accumulate in double so that long reductions in float32 keep their precision.
-template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
-void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
+// kKeepGrad: g of every element is also written to grad_cache (laid out as the input), so that
+// the elementwise pass need not recompute an expensive derivative (grad_cache.h).
+template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
+void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   at::parallel_for(0, a.shape.channels, 1, [&](int64_t c0, int64_t c1) {
-    acc_t dy_buf[kBlock], saved_buf[kBlock], res_buf[kBlock];
+    acc_t dy_buf[kBlock], saved_buf[kBlock], res_buf[kBlock], g_buf[kKeepGrad ? kBlock : 1];
     for (int64_t c = c0; c < c1; ++c) {
       const acc_t mean = a.mean[c], scale = a.scale[c], bias = a.bias[c], param = a.activation_param;
       double total_g = 0, total_g_xc = 0;
@@ -225,10 +227,14 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
             const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
                 load_acc<acc_t>(dy[i]), load_acc<acc_t>(saved[i]), kResidual ? load_acc<acc_t>(res[i]) : acc_t(0),
                 mean, scale, bias, param);  // {xc, g}
+            if constexpr (kKeepGrad) g_buf[i] = t.z;
             return SumPair<acc_t>{t.z, t.z * t.xc};
           });
         }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf}, std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf},
            std::pair<const scalar_t*, acc_t*>{a.residual, res_buf});
+        if constexpr (kKeepGrad)
+          for (int64_t k = 0; k < seg.count; ++k)
+            std::copy_n(g_buf + k * seg.len, seg.len, grad_cache + seg.offset + k * seg.stride);
         total_g += sums.first;
         total_g_xc += sums.second;
       });
@@ -238,8 +244,8 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a) {
   });
 }
 
-template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
-void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
+template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
+void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
   const RowBlocks blocks(a.shape, kReadsInPlace<scalar_t, acc_t>);
   const int threads = at::get_num_threads();
@@ -266,6 +272,7 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
                   load_acc<acc_t>(dy[o + j]), load_acc<acc_t>(saved[o + j]),
                   kResidual ? load_acc<acc_t>(res[o + j]) : acc_t(0), mean[j], scale[j], bias[j],
                   a.activation_param);  // {xc, g}
+              if constexpr (kKeepGrad) grad_cache[(r0 + r) * C + c0 + j] = t.z;
               sum_g[j] += t.z;
               sum_g_xc[j] += t.z * t.xc;
             }
@@ -294,10 +301,10 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a) {
   }
 }
 
-template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
-void reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a) {
-  if (a.shape.channels_last) reduce_channels_last<Act, kResidual, kFromOutput>(a);
-  else reduce_planar<Act, kResidual, kFromOutput>(a);
+template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad = false, typename scalar_t, typename acc_t>
+void reduce_kernel(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache = nullptr) {
+  if (a.shape.channels_last) reduce_channels_last<Act, kResidual, kFromOutput, kKeepGrad>(a, grad_cache);
+  else reduce_planar<Act, kResidual, kFromOutput, kKeepGrad>(a, grad_cache);
 }
 
 }  // namespace cpu

@@ -50,6 +50,9 @@ struct CudaGroupBackend {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
+  // The backward passes recompute g (memory-bound here: a cache would only add traffic).
+  static Tensor grad_cache(const Tensor&, ActKind) { return Tensor(); }
+
   // from_output is always false for GroupNorm (no memory-saving mode): the launchers omit it.
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
                               const BackwardCoefficients& k, ActKind act, double param, bool /*from_output*/,
