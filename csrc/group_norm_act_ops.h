@@ -19,6 +19,25 @@ struct BackwardCoefficients {
   Tensor mean, scale, bias, grad_cache;
 };
 
+// The per-(sample, group) algebra (group_coefficients.h: host loops for CPU tensors, tensor ops
+// elsewhere). Forward: rstd (N, G) and the apply pass's scale / shift (N * C) from mean / var.
+struct GroupForwardCoefficients {
+  Tensor rstd, scale, shift;
+};
+GroupForwardCoefficients group_forward_coefficients(const Tensor& mean, const Tensor& var, double eps,
+                                                    const OptTensor& weight, const OptTensor& bias,
+                                                    int64_t channels);
+// Backward, before the passes: their per-(n, c) mean, scale, bias (grad_cache left undefined).
+BackwardCoefficients group_backward_coefficients(const Tensor& mean, const Tensor& rstd, const OptTensor& weight,
+                                                 const OptTensor& bias, int64_t channels);
+// Backward, between the passes: parameter gradients (C, accumulate dtype) and the elementwise
+// coefficients (N * C), from the reduction's sums; count = elements per group.
+struct GroupBackwardFinal {
+  Tensor grad_weight, grad_bias, coef_xc, coef_const;
+};
+GroupBackwardFinal group_backward_finalize(const Tensor& sum_g, const Tensor& sum_g_xc, const Tensor& rstd,
+                                           const OptTensor& weight, int64_t channels, double count);
+
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 // mean / rstd of the backward: (N, num_groups) on input's device.
 void check_per_group(const Tensor& t, const char* name, const Tensor& input, int64_t num_groups,
@@ -48,13 +67,9 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   Tensor mean = at::zeros({N, num_groups}, input.options().dtype(acc));
   Tensor var = at::zeros({N, num_groups}, input.options().dtype(acc));
   if (x.shape.numel() > 0) Backend::group_stats(x.input, x.shape, num_groups, mean, var);
-  Tensor rstd = (var + eps).rsqrt_();
-  const Tensor rstd_nc = expand_per_group(rstd, C);
-  const Tensor scale = (rstd_nc * repeat_per_sample(weight, N, C, 1.0, acc, rstd)).contiguous();
-  const Tensor shift =
-      at::addcmul(repeat_per_sample(bias, N, C, 0.0, acc, rstd), expand_per_group(mean, C), scale, -1);
-  if (x.shape.numel() > 0) Backend::apply(x.input, res, scale, shift, act, activation_param, out, x.shape);
-  return {out, mean, rstd};
+  const GroupForwardCoefficients k = group_forward_coefficients(mean, var, eps, weight, bias, C);
+  if (x.shape.numel() > 0) Backend::apply(x.input, res, k.scale, k.shift, act, activation_param, out, x.shape);
+  return {out, mean, k.rstd};
 }
 
 template <typename Backend>
@@ -75,33 +90,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   const auto acc = acc_type_of(input);
   const int64_t N = x.shape.batch, C = x.shape.channels, G = num_groups;
   const Tensor rstd_acc = rstd.to(acc);
-  const Tensor rstd_nc = expand_per_group(rstd_acc, C);
-  const Tensor weight_nc = repeat_per_sample(weight, N, C, 1.0, acc, rstd_acc);
-  const BackwardCoefficients k{expand_per_group(mean.to(acc), C), (rstd_nc * weight_nc).contiguous(),
-                               repeat_per_sample(bias, N, C, 0.0, acc, rstd_acc),
-                               Backend::grad_cache(x.input, act)};
+  BackwardCoefficients k = group_backward_coefficients(mean, rstd_acc, weight, bias, C);
+  k.grad_cache = Backend::grad_cache(x.input, act);
   Tensor sum_g = at::zeros({N * C}, rstd_acc.options());
   Tensor sum_g_xc = at::zeros({N * C}, rstd_acc.options());
   if (x.shape.numel() > 0)
     Backend::backward_reduce(dy, x.input, res, k, act, activation_param, false, sum_g, sum_g_xc, x.shape);
-  const Tensor grad_bias = sum_g.view({N, C}).sum(0);
-  const Tensor grad_weight = (sum_g_xc * rstd_nc).view({N, C}).sum(0);
-  // With dxhat = g * weight over a group of `count` elements,
-  //   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-  //      = g * (weight * rstd) + xc * (-rstd^3 * B / count) + (-rstd * A / count),
-  // A = sum(weight * sum_g), B = sum(weight * sum_g_xc) over the group's channels.
-  const int64_t D = C / G;
-  const double count = static_cast<double>(D * x.shape.spatial);
-  const Tensor sum_dxhat = (sum_g * weight_nc).view({N, G, D}).sum(2);
-  const Tensor sum_dxhat_xc = (sum_g_xc * weight_nc).view({N, G, D}).sum(2);
-  const Tensor coef_xc = expand_per_group(-rstd_acc.pow(3) * sum_dxhat_xc / count, C);
-  const Tensor coef_const = expand_per_group(-rstd_acc * sum_dxhat / count, C);
+  const double count = static_cast<double>(C / G * x.shape.spatial);
+  const GroupBackwardFinal f = group_backward_finalize(sum_g, sum_g_xc, rstd_acc, weight, C, count);
   Tensor grad_input = at::empty_like(x.input);
   Tensor grad_residual = res.has_value() ? at::empty_like(x.input) : at::empty({0}, input.options());
   if (x.shape.numel() > 0)
-    Backend::backward_elemt(dy, x.input, res, k, k.scale, coef_xc, coef_const, act, activation_param, false,
+    Backend::backward_elemt(dy, x.input, res, k, k.scale, f.coef_xc, f.coef_const, act, activation_param, false,
                             grad_input, grad_residual, x.shape);
-  return {grad_input, grad_weight, grad_bias, grad_residual};
+  return {grad_input, f.grad_weight, f.grad_bias, grad_residual};
 }
 
 }  // namespace pyfusedbn
