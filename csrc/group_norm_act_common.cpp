@@ -40,9 +40,14 @@ Tensor repeat_per_sample(const OptTensor& per_channel, int64_t batch, int64_t ch
 
 namespace {
 
+// t as contiguous acc values, dispatching no op when it already is (the common case).
+Tensor as_acc_contiguous(const Tensor& t, at::ScalarType acc) {
+  return t.scalar_type() == acc ? t.contiguous() : t.to(acc).contiguous();
+}
+
 // weight / bias as contiguous acc_t values (or undefined), for the CPU loops.
 Tensor acc_values(const OptTensor& t, at::ScalarType acc) {
-  return t.has_value() ? t->to(acc).contiguous() : Tensor();
+  return t.has_value() ? as_acc_contiguous(*t, acc) : Tensor();
 }
 
 template <typename acc_t>
@@ -84,7 +89,7 @@ BackwardCoefficients group_backward_coefficients(const Tensor& mean, const Tenso
             (expand_per_group(rstd, C) * repeat_per_sample(weight, N, C, 1.0, acc, rstd)).contiguous(),
             repeat_per_sample(bias, N, C, 0.0, acc, rstd), Tensor()};
   }
-  const Tensor mean_acc = mean.to(acc).contiguous(), rstd_c = rstd.contiguous();
+  const Tensor mean_acc = as_acc_contiguous(mean, acc), rstd_c = rstd.contiguous();
   BackwardCoefficients k{at::empty({N * C}, rstd.options()), at::empty({N * C}, rstd.options()),
                          at::empty({N * C}, rstd.options()), Tensor()};
   const Tensor w = acc_values(weight, acc), b = acc_values(bias, acc);

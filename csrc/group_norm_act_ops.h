@@ -64,11 +64,15 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   const auto acc = acc_type_of(input);
   const int64_t N = x.shape.batch, C = x.shape.channels;
   Tensor out = at::empty_like(x.input);
-  Tensor mean = at::zeros({N, num_groups}, input.options().dtype(acc));
-  Tensor var = at::zeros({N, num_groups}, input.options().dtype(acc));
-  if (x.shape.numel() > 0) Backend::group_stats(x.input, x.shape, num_groups, mean, var);
+  // Written whole by the statistics kernel; an empty input's statistics are zeros.
+  const bool empty = x.shape.numel() == 0;
+  Tensor mean = empty ? at::zeros({N, num_groups}, input.options().dtype(acc))
+                      : at::empty({N, num_groups}, input.options().dtype(acc));
+  Tensor var = at::empty_like(mean);
+  if (empty) var.zero_();
+  if (!empty) Backend::group_stats(x.input, x.shape, num_groups, mean, var);
   const GroupForwardCoefficients k = group_forward_coefficients(mean, var, eps, weight, bias, C);
-  if (x.shape.numel() > 0) Backend::apply(x.input, res, k.scale, k.shift, act, activation_param, out, x.shape);
+  if (!empty) Backend::apply(x.input, res, k.scale, k.shift, act, activation_param, out, x.shape);
   return {out, mean, k.rstd};
 }
 
@@ -89,18 +93,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   check_per_channel(bias, "bias", input, op);
   const auto acc = acc_type_of(input);
   const int64_t N = x.shape.batch, C = x.shape.channels, G = num_groups;
-  const Tensor rstd_acc = rstd.to(acc);
+  const Tensor rstd_acc = rstd.scalar_type() == acc ? rstd : rstd.to(acc);
   BackwardCoefficients k = group_backward_coefficients(mean, rstd_acc, weight, bias, C);
   k.grad_cache = Backend::grad_cache(x.input, act);
-  Tensor sum_g = at::zeros({N * C}, rstd_acc.options());
-  Tensor sum_g_xc = at::zeros({N * C}, rstd_acc.options());
-  if (x.shape.numel() > 0)
+  // Written whole by the reduction; an empty input's sums are zeros.
+  const bool empty = x.shape.numel() == 0;
+  Tensor sum_g = empty ? at::zeros({N * C}, rstd_acc.options()) : at::empty({N * C}, rstd_acc.options());
+  Tensor sum_g_xc = at::empty_like(sum_g);
+  if (empty) sum_g_xc.zero_();
+  if (!empty)
     Backend::backward_reduce(dy, x.input, res, k, act, activation_param, false, sum_g, sum_g_xc, x.shape);
   const double count = static_cast<double>(C / G * x.shape.spatial);
   const GroupBackwardFinal f = group_backward_finalize(sum_g, sum_g_xc, rstd_acc, weight, C, count);
   Tensor grad_input = at::empty_like(x.input);
   Tensor grad_residual = res.has_value() ? at::empty_like(x.input) : at::empty({0}, input.options());
-  if (x.shape.numel() > 0)
+  if (!empty)
     Backend::backward_elemt(dy, x.input, res, k, k.scale, f.coef_xc, f.coef_const, act, activation_param, false,
                             grad_input, grad_residual, x.shape);
   return {grad_input, f.grad_weight, f.grad_bias, grad_residual};

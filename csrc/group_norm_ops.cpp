@@ -1,6 +1,7 @@
 // The GroupNorm family's op schemas (GroupNorm, and InstanceNorm / LayerNorm2d through it), in
 // their own fragment of the pyfusedbn namespace: each device registers kernels in its own
-// TORCH_LIBRARY_IMPL block, Python registers fake kernels and autograd (pyfusedbn/group_norm.py).
+// TORCH_LIBRARY_IMPL block, Python registers fake kernels (pyfusedbn/group_norm.py), and the
+// layer op's autograd is C++ (csrc/group_norm_act_autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
@@ -16,4 +17,17 @@ TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
       "Tensor? weight, Tensor? bias, Tensor? residual, int num_groups, str activation, "
       "float activation_param) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias, "
       "Tensor grad_residual)");
+  // The layer as eager runs it: group_norm_act forward, group_norm_act_backward as its backward,
+  // autograd registered in C++ (no Python in either direction). mean and rstd are outputs for
+  // InstanceNorm's running statistics and are not differentiable.
+  m.def(
+      "group_norm_act_layer(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, "
+      "int num_groups, float eps, str activation, float activation_param) -> "
+      "(Tensor out, Tensor mean, Tensor rstd)");
+  // Differentiable gradients for create_graph=True (double backward) through torch ops, implemented
+  // in Python (pyfusedbn/group_norm.py); None where output_mask is False or the argument is None.
+  m.def(
+      "group_norm_act_composite_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, int num_groups, float eps, str activation, float activation_param, "
+      "bool[4] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?)");
 }

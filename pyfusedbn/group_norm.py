@@ -12,7 +12,9 @@ from torch._prims_common import suggest_memory_format
 from ._ops import _check_devices, _like_input, acc_dtype, ops
 from .activations import ACTIVATIONS, resolve_activation
 
-GROUP_OP_NAMES = ("group_norm_act", "group_norm_act_backward")
+# The ops with device kernels, and all of them (the layer op is composite over the first).
+GROUP_KERNEL_OPS = ("group_norm_act", "group_norm_act_backward")
+GROUP_OP_NAMES = GROUP_KERNEL_OPS + ("group_norm_act_layer",)
 
 
 def group_norm_act(
@@ -40,14 +42,29 @@ def group_norm_act(
         # As batch_norm_act: under autocast `norm(x) + residual` promotes.
         dtype = torch.promote_types(input.dtype, residual.dtype)
         input, residual = input.to(dtype), residual.to(dtype)
-    return GroupNormActFunction.apply(input, weight, bias, residual, num_groups, float(eps),
-                                      activation, activation_param)[0]
+    return group_norm_act_with_stats(input, weight, bias, residual, num_groups, float(eps),
+                                     activation, activation_param)[0]
+
+
+# The layer op, looked up once (torch.ops attribute access resolves it on every call).
+_LAYER_OP = ops.group_norm_act_layer.default
+
+
+def group_norm_act_with_stats(input, weight, bias, residual, num_groups, eps, activation,
+                              activation_param):
+    """(out, mean, rstd) on checked arguments. Eager: one op whose autograd is C++
+    (csrc/group_norm_act_autograd.cpp); torch.compile and export trace the autograd.Function."""
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return GroupNormActFunction.apply(input, weight, bias, residual, num_groups, eps,
+                                          activation, activation_param)
+    return _LAYER_OP(input, weight, bias, residual, num_groups, eps, activation, activation_param)
 
 
 class GroupNormActFunction(torch.autograd.Function):
-    """Forward: one op (statistics, normalise/affine/residual/activation). Backward: one op
-    (reduce then elementwise kernels). Saves input, mean and rstd (and residual when given: the
-    activation's derivative needs the full pre-activation value)."""
+    """The autograd of group_norm_act under torch.compile and torch.export (eager runs the C++
+    one, which does the same). Forward: one op (statistics, normalise/affine/residual/activation).
+    Backward: one op (reduce then elementwise kernels). Saves input, mean and rstd (and residual
+    when given: the activation's derivative needs the full pre-activation value)."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, residual, num_groups, eps, activation, activation_param):
@@ -67,7 +84,9 @@ class GroupNormActFunction(torch.autograd.Function):
         input, weight, bias, residual, mean, rstd = ctx.saved_tensors
         if torch.is_grad_enabled():
             # create_graph=True (double backward): differentiate a composite of torch ops instead.
-            grads = _composite_backward(ctx, grad_out, input, weight, bias, residual)
+            grads = composite_grads(grad_out, input, weight, bias, residual, ctx.num_groups,
+                                    ctx.eps, ctx.activation, ctx.activation_param,
+                                    ctx.needs_input_grad[:4])
         else:
             grad_out = grad_out.contiguous(memory_format=ctx.memory_format)
             grad_input, grad_weight, grad_bias, grad_residual = ops.group_norm_act_backward(
@@ -80,17 +99,25 @@ class GroupNormActFunction(torch.autograd.Function):
         return tuple(g if need else None for g, need in zip(grads, needed)) + (None,) * 4
 
 
-def _composite_backward(ctx, grad_out, input, weight, bias, residual):
-    """Gradients through torch ops of the same forward, so they are themselves differentiable
-    (gradgradcheck). Only used when backward runs with create_graph=True."""
+def composite_grads(grad_out, input, weight, bias, residual, num_groups, eps, activation,
+                    activation_param, output_mask):
+    """(grad_input, grad_weight, grad_bias, grad_residual) through a composite of torch ops of the
+    same forward, with create_graph=True so they are themselves differentiable (gradgradcheck);
+    None where output_mask says no or the argument is None. Only used under create_graph=True."""
     tensors = (input, weight, bias, residual)
-    diff = [t for t in tensors if t is not None and t.requires_grad]
+    wanted = [t is not None and need for t, need in zip(tensors, output_mask)]
+    diff = [t for t, want in zip(tensors, wanted) if want]
     with torch.enable_grad():
-        out = composite_group_norm_act(input, ctx.num_groups, weight, bias, ctx.eps,
-                                       ctx.activation, ctx.activation_param, residual)
+        out = composite_group_norm_act(input, num_groups, weight, bias, eps, activation,
+                                       activation_param, residual)
         grads = iter(torch.autograd.grad(out, diff, grad_out, create_graph=True, allow_unused=True)
                      if diff else ())
-    return tuple(next(grads) if t is not None and t.requires_grad else None for t in tensors)
+    return tuple(next(grads) if want else None for want in wanted)
+
+
+# What the C++ autograd's backward calls under create_graph=True.
+torch.library.impl("pyfusedbn::group_norm_act_composite_backward", "CompositeImplicitAutograd")(
+    composite_grads)
 
 
 def composite_group_norm_act(input, num_groups, weight, bias, eps, activation, activation_param,
@@ -112,6 +139,13 @@ def _per_group(input, num_groups):
 @torch.library.register_fake("pyfusedbn::group_norm_act")
 def _group_norm_act_fake(input, weight, bias, residual, num_groups, eps, activation, activation_param):
     _check_devices("group_norm_act", input, weight=weight, bias=bias, residual=residual)
+    return _like_input(input), _per_group(input, num_groups), _per_group(input, num_groups)
+
+
+@torch.library.register_fake("pyfusedbn::group_norm_act_layer")
+def _group_norm_act_layer_fake(input, weight, bias, residual, num_groups, eps, activation,
+                               activation_param):
+    _check_devices("group_norm_act_layer", input, weight=weight, bias=bias, residual=residual)
     return _like_input(input), _per_group(input, num_groups), _per_group(input, num_groups)
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .functional import batch_norm_act
-from .group_norm import GroupNormActFunction, group_norm_act
+from .group_norm import group_norm_act, group_norm_act_with_stats
 from .activations import resolve_activation
 
 
@@ -43,8 +43,8 @@ def instance_norm_act(
         return group_norm_act(input, input.shape[1], weight, bias, eps, activation, activation_param,
                               residual)
     activation, activation_param = resolve_activation(activation, activation_param)
-    out, mean, rstd = GroupNormActFunction.apply(input, weight, bias, residual, input.shape[1],
-                                                 float(eps), activation, activation_param)
+    out, mean, rstd = group_norm_act_with_stats(input, weight, bias, residual, input.shape[1],
+                                                float(eps), activation, activation_param)
     with torch.no_grad():
         # var = 1 / rstd^2 - eps, Bessel-corrected over each instance's positions as torch stores it.
         var = (rstd.double().pow(-2) - eps) * (spatial / (spatial - 1))

@@ -8,7 +8,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import pyfusedbn
 from pyfusedbn._ops import ops
-from pyfusedbn.group_norm import GROUP_OP_NAMES
+from pyfusedbn.group_norm import GROUP_KERNEL_OPS, GROUP_OP_NAMES
 from group_norm_cases import make_inputs
 from helpers import TOLERANCE, assert_close
 
@@ -17,7 +17,7 @@ ACT = ("silu", 0.0)
 
 def op_args(name, dtype, memory_format, residual, generator):
     x, w, b, res, dy = make_inputs((3, 6, 4, 2), dtype, memory_format, generator, residual=residual)
-    if name == "group_norm_act":
+    if name in ("group_norm_act", "group_norm_act_layer"):
         return (x, w, b, res, 3, 1e-5) + ACT
     _, mean, rstd = ops.group_norm_act(x, w, b, res, 3, 1e-5, *ACT)
     return (dy, x, mean, rstd, w, b, res, 3) + ACT
@@ -103,7 +103,7 @@ def test_forward_and_backward_run_the_cpu_kernels():
         module(x).sum().backward()
         # stats + apply forward, reduce + elementwise backward
         assert ops.kernel_calls("cpu") - before == 4, type(module).__name__
-    for name in GROUP_OP_NAMES:
+    for name in GROUP_KERNEL_OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pyfusedbn::{name}", "CPU"), name
 
 

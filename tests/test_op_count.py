@@ -57,3 +57,22 @@ def test_eval_mode_backward_is_one_op_each_way(memory_efficient, one_thread):
     assert ours == expected, ops
     if not memory_efficient:  # (that mode clamps the weight with a few host ops)
         assert not {name for name in PER_CHANNEL_OPS if name in ops}, ops
+
+
+def test_group_norm_layer_is_one_op_each_way(one_thread):
+    # GroupNormAct's eager path: the layer op (autograd in C++) calling the kernel op, one backward
+    # op, and its per-(sample, group) algebra inside them (a CPU loop), not as host tensor ops.
+    layer = pyfusedbn.GroupNormAct(4, 16)
+    x = torch.randn(8, 16, 4, 4, requires_grad=True)
+    grad = torch.randn(8, 16, 4, 4)
+    _, ops = count_ops(lambda: layer(x).backward(grad))
+    eager_layer = torch.nn.Sequential(torch.nn.GroupNorm(4, 16), torch.nn.SiLU())
+    _, eager_ops = count_ops(lambda: eager_layer(x).backward(grad))
+    ours = {name: n for name, n in ops.items() if name.startswith("pyfusedbn::")}
+    assert ours == {"pyfusedbn::group_norm_act_layer": 1, "pyfusedbn::group_norm_act": 1,
+                    "pyfusedbn::group_norm_act_backward": 1}, ops
+    assert not {name for name in PER_CHANNEL_OPS if name in ops}, ops
+    # Allocations aside (a handful of per-(sample, group) buffers, no kernel launch on a GPU),
+    # no more ops than eager's GroupNorm + SiLU.
+    launches = lambda counts: sum(n for name, n in counts.items() if not name.startswith("aten::empty"))
+    assert launches(ops) <= launches(eager_ops), f"fused {ops} vs eager {eager_ops}"

@@ -1,0 +1,118 @@
+// group_norm_act_layer: the GroupNorm-family layer as one op with its autograd in C++, as
+// batch_norm_act (csrc/batch_norm_act_autograd.cpp, which says why): eager training costs one
+// op forward (group_norm_act) and one backward (group_norm_act_backward) with no Python node.
+// With create_graph=True the backward calls group_norm_act_composite_backward instead, the
+// differentiable torch-op composite registered from Python (pyfusedbn/group_norm.py).
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <array>
+#include <string>
+#include <tuple>
+
+namespace pyfusedbn {
+namespace {
+
+using at::Tensor;
+using OptTensor = c10::optional<Tensor>;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
+                                                      const OptTensor&, int64_t, double, const std::string&,
+                                                      double);
+using Grads = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using BackwardSig = Grads(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
+                          const OptTensor&, const OptTensor&, int64_t, const std::string&, double);
+using OptGrads = std::tuple<OptTensor, OptTensor, OptTensor, OptTensor>;
+using CompositeSig = OptGrads(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
+                              int64_t, double, const std::string&, double, std::array<bool, 4>);
+
+OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
+
+std::tuple<Tensor, Tensor, Tensor> forward_op(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                                              const OptTensor& residual, int64_t num_groups, double eps,
+                                              const std::string& activation, double param) {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("pyfusedbn::group_norm_act", "").typed<ForwardSig>();
+  return op.call(input, weight, bias, residual, num_groups, eps, activation, param);
+}
+
+class GroupNormActFunction : public torch::autograd::Function<GroupNormActFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& weight,
+                               const OptTensor& bias, const OptTensor& residual, int64_t num_groups, double eps,
+                               const std::string& activation, double param) {
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto [out, mean, rstd] = forward_op(input, weight, bias, residual, num_groups, eps, activation, param);
+    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias),
+                            value_or_undefined(residual), mean, rstd});
+    ctx->mark_non_differentiable({mean, rstd});
+    // No zero tensors for mean/rstd's (never defined) gradients; out's undefined one means no gradient.
+    ctx->set_materialize_grads(false);
+    ctx->saved_data["num_groups"] = num_groups;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["activation"] = activation;
+    ctx->saved_data["param"] = param;
+    return {out, mean, rstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    if (!grad_outputs[0].defined()) return variable_list(8);
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &mean = saved[4], &rstd = saved[5];
+    const OptTensor weight = defined_or_none(saved[1]), bias = defined_or_none(saved[2]),
+                    residual = defined_or_none(saved[3]);
+    const int64_t num_groups = ctx->saved_data["num_groups"].toInt();
+    const std::string activation = ctx->saved_data["activation"].toStringRef();
+    const double param = ctx->saved_data["param"].toDouble();
+    // needs_input_grad indexes the autograd inputs, which skip the optional ones given as None.
+    std::array<bool, 4> mask{};
+    for (size_t i = 0, index = 0; i < 4; ++i)
+      if (saved[i].defined()) mask[i] = ctx->needs_input_grad(index++);
+    std::array<Tensor, 4> grads;
+    if (at::GradMode::is_enabled()) {
+      static const auto composite = c10::Dispatcher::singleton()
+                                        .findSchemaOrThrow("pyfusedbn::group_norm_act_composite_backward", "")
+                                        .typed<CompositeSig>();
+      const auto g = composite.call(grad_outputs[0], input, weight, bias, residual, num_groups,
+                                    ctx->saved_data["eps"].toDouble(), activation, param, mask);
+      grads = {value_or_undefined(std::get<0>(g)), value_or_undefined(std::get<1>(g)),
+               value_or_undefined(std::get<2>(g)), value_or_undefined(std::get<3>(g))};
+    } else {
+      static const auto backward_op = c10::Dispatcher::singleton()
+                                          .findSchemaOrThrow("pyfusedbn::group_norm_act_backward", "")
+                                          .typed<BackwardSig>();
+      auto [dx, dw, db, dres] = backward_op.call(grad_outputs[0], input, mean, rstd, weight, bias, residual, num_groups,
+                                                 activation, param);
+      // Parameter gradients come in the accumulate dtype; autograd wants the parameter's.
+      auto in_dtype_of = [](const Tensor& grad, const OptTensor& param) {
+        if (!param) return Tensor();
+        return grad.scalar_type() == param->scalar_type() ? grad : grad.to(param->scalar_type());
+      };
+      grads = {dx, in_dtype_of(dw, weight), in_dtype_of(db, bias), residual ? dres : Tensor()};
+    }
+    variable_list result(8);
+    for (size_t i = 0; i < 4; ++i)
+      if (mask[i]) result[i] = grads[i];
+    return result;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> group_norm_act_layer_autograd(const Tensor& input, const OptTensor& weight,
+                                                                 const OptTensor& bias, const OptTensor& residual,
+                                                                 int64_t num_groups, double eps,
+                                                                 const std::string& activation, double param) {
+  auto outputs = GroupNormActFunction::apply(input, weight, bias, residual, num_groups, eps, activation, param);
+  return {outputs[0], outputs[1], outputs[2]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyfusedbn, Autograd, m) { m.impl("group_norm_act_layer", &group_norm_act_layer_autograd); }
+
+// Below autograd (inference mode, or a caller that excluded it): the forward op itself.
+TORCH_LIBRARY_IMPL(pyfusedbn, CompositeExplicitAutograd, m) { m.impl("group_norm_act_layer", &forward_op); }
+
+}  // namespace pyfusedbn
