@@ -20,6 +20,15 @@ def test_every_activation(case, activation, generator, poison_empty):
     check_against_float64(case, torch.float32, activation, generator)
 
 
+# The CPU backward keeps g = dy * act'(z) between its passes in a buffer of at most 64 MiB
+# (csrc/cpu/grad_cache.h); above that it recomputes the derivative: 17M float32 elements do.
+@pytest.mark.slow
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_beyond_the_gradient_cache(memory_format, generator):
+    check_against_float64(("big", (1, 64, 512, 520), memory_format, 8), torch.float32, "silu", generator,
+                          residual=False)
+
+
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("case", [GROUP_CASES[2], GROUP_CASES[3]], ids=["nchw", "nhwc"])
 def test_without_affine(case, residual, generator):

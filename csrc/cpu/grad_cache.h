@@ -30,7 +30,9 @@ constexpr bool kKeepsGrad = kGradCallsLibm<Act> && !kFromOutput;
 
 // The cache is a per-thread buffer that only grows, up to kMaxGradCacheBytes, and is reused by
 // later backward calls: a fresh multi-MB tensor pays a page fault per 4 KiB on first touch, which
-// here cost ~4 ms for 5 MB, more than the pass it saves. Larger inputs recompute g.
+// here cost ~4 ms for 5 MB, more than the pass it saves. Larger inputs recompute g. It pays from
+// DRAM too: (8, 1280, 16, 16) float32, 42 MB of x, dy, g and dx, SiLU backward 1.72 -> 1.16 ms
+// with it (2 threads; the exp costs more than the extra write and read of g).
 constexpr int64_t kMaxGradCacheBytes = int64_t(64) << 20;
 
 // The calling thread's buffer of at least `bytes` (<= kMaxGradCacheBytes).
