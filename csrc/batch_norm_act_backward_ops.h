@@ -130,8 +130,11 @@ std::tuple<OptTensor, OptTensor, OptTensor, OptTensor> batch_norm_act_backward(
   const bool need_elemt = output_mask[0] || need_residual;
   const bool reduce = (training && need_elemt) || need_weight || need_bias;
   const bool ran_reduce = reduce && in.x.shape.numel() > 0;
+  // Both passes in this call: the backend may keep g from the first for the second.
+  RebuildCoefficients rebuild = in.rebuild(ws);
+  if (ran_reduce && need_elemt) rebuild.grad_cache = Backend::grad_cache(in.x.input, in.act, from_output);
   if (ran_reduce)
-    Backend::backward_reduce(in.dy, in.x.input, in.res, in.rebuild(ws), in.act, activation_param, from_output,
+    Backend::backward_reduce(in.dy, in.x.input, in.res, rebuild, in.act, activation_param, from_output,
                              ws[2], ws[3], in.x.shape);
   // Gradients in the parameters' own dtype, written by the finalize step (an unusual dtype mix
   // computes in the accumulate type and converts: channel_params).
@@ -155,7 +158,7 @@ std::tuple<OptTensor, OptTensor, OptTensor, OptTensor> batch_norm_act_backward(
     // With a residual the kernel always writes grad_residual (= g).
     Tensor grad_res = in.res.has_value() ? empty_like_input(in.x) : Tensor();
     if (in.x.shape.numel() > 0)
-      Backend::backward_elemt(in.dy, in.x.input, in.res, in.rebuild(ws), ElemtCoefficientPtrs{ws[0], ws[4], ws[5]},
+      Backend::backward_elemt(in.dy, in.x.input, in.res, rebuild, ElemtCoefficientPtrs{ws[0], ws[4], ws[5]},
                               in.act, activation_param, from_output, *grad_input, grad_res, in.x.shape);
     if (!output_mask[0]) grad_input = c10::nullopt;
     if (need_residual) grad_residual = grad_res;

@@ -59,6 +59,9 @@ struct RebuildCoefficients {
   const void* mean;
   const void* scale;
   const void* bias;
+  // Where a backend keeps g = grad_out * act'(z) between the two backward passes of one call
+  // (CPU, costly activations: csrc/cpu/grad_cache.h); nullptr: each pass computes it.
+  void* grad_cache = nullptr;
 };
 struct ElemtCoefficientPtrs {
   const void* coef_g;

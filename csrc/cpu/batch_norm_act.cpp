@@ -50,6 +50,12 @@ struct CpuBackend {
     });
   }
 
+  // A reusable per-thread buffer for g (grad_cache.h), or nullptr.
+  static void* grad_cache(const Tensor& x, ActKind act, bool from_output) {
+    return cpu::grad_cache_for(act, from_output, x.numel(),
+                               static_cast<int64_t>(c10::elementSize(acc_type_of(x))));
+  }
+
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
                               const RebuildCoefficients& k, ActKind act, double param, bool from_output,
                               void* sum_g, void* sum_g_xc, const BnShape& shape) {
@@ -62,7 +68,12 @@ struct CpuBackend {
           typed<acc_t>(sum_g),     typed<acc_t>(sum_g_xc),     static_cast<acc_t>(param),
           shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
-        cpu::reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+        using Act = decltype(activation);
+        constexpr bool kRes = decltype(has_res)::value, kFromOut = decltype(from_out)::value;
+        if constexpr (cpu::kKeepsGrad<Act, kFromOut>) {
+          if (k.grad_cache != nullptr) return cpu::reduce_kernel<Act, kRes, kFromOut, true>(args, typed<acc_t>(k.grad_cache));
+        }
+        cpu::reduce_kernel<Act, kRes, kFromOut>(args);
       });
     });
   }
@@ -89,7 +100,12 @@ struct CpuBackend {
           static_cast<acc_t>(param),
           shape};
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
-        cpu::elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(args);
+        using Act = decltype(activation);
+        constexpr bool kRes = decltype(has_res)::value, kFromOut = decltype(from_out)::value;
+        if constexpr (cpu::kKeepsGrad<Act, kFromOut>) {
+          if (k.grad_cache != nullptr) return cpu::elemt_from_grad_kernel<kRes>(args, typed<acc_t>(k.grad_cache));
+        }
+        cpu::elemt_kernel<Act, kRes, kFromOut>(args);
       });
     });
   }

@@ -47,10 +47,13 @@ inline void* grad_cache_buffer(int64_t bytes) {
   return buffer.get();
 }
 
-inline bool keeps_grad(ActKind act, bool from_output, int64_t numel, int64_t element_size) {
+// The cache for a backward call over `numel` elements (acc_size bytes each), or nullptr where
+// the backward recomputes g. Valid until this thread's next backward call.
+inline void* grad_cache_for(ActKind act, bool from_output, int64_t numel, int64_t acc_size) {
   bool costly = false;
   dispatch_activation(act, [&](auto activation) { costly = kGradCallsLibm<decltype(activation)>; });
-  return costly && !from_output && numel * element_size <= kMaxGradCacheBytes;
+  if (!costly || from_output || numel * acc_size > kMaxGradCacheBytes) return nullptr;
+  return grad_cache_buffer(numel * acc_size);
 }
 
 template <bool kPerColumn, bool kResidual, typename acc_t>

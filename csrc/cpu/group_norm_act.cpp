@@ -47,10 +47,9 @@ struct CpuGroupBackend {
 
   // A view of this thread's reusable buffer (grad_cache.h), valid until the next backward call.
   static Tensor grad_cache(const Tensor& x, ActKind act) {
-    const auto options = x.options().dtype(acc_type_of(x));
-    const int64_t element_size = static_cast<int64_t>(c10::elementSize(acc_type_of(x)));
-    if (!cpu::keeps_grad(act, false, x.numel(), element_size)) return Tensor();
-    return at::from_blob(cpu::grad_cache_buffer(x.numel() * element_size), {x.numel()}, options);
+    const auto acc = acc_type_of(x);
+    void* cache = cpu::grad_cache_for(act, false, x.numel(), static_cast<int64_t>(c10::elementSize(acc)));
+    return cache ? at::from_blob(cache, {x.numel()}, x.options().dtype(acc)) : Tensor();
   }
 
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,

@@ -128,11 +128,11 @@ void group_stats_kernel(const GroupStatsArgs<scalar_t, acc_t>& a) {
   });
   at::parallel_for(0, N * G, 1, [&](int64_t g0, int64_t g1) {
     for (int64_t ng = g0; ng < g1; ++ng) {
-      MeanM2<acc_t> acc{0, 0, 0};
+      MeanM2<double> acc{0, 0, 0};  // in double, as the BatchNorm statistics merge
       for (int64_t c = ng * D; c < (ng + 1) * D; ++c)
-        acc = chan_merge(acc, MeanM2<acc_t>{nc_mean[c], nc_var[c] * static_cast<acc_t>(S), S});
-      a.mean[ng] = acc.mean;
-      a.var[ng] = acc.m2 / static_cast<acc_t>(acc.count);
+        acc = chan_merge(acc, MeanM2<double>{nc_mean[c], static_cast<double>(nc_var[c]) * static_cast<double>(S), S});
+      a.mean[ng] = static_cast<acc_t>(acc.mean);
+      a.var[ng] = static_cast<acc_t>(acc.m2 / static_cast<double>(acc.count));
     }
   });
 }

@@ -89,18 +89,27 @@ inline MeanM2<acc_t> block_mean_m2(const T* x, int64_t len) {
   return {mean, m2, len};
 }
 
+// A block's float32 partial widened for the merge.
+template <typename acc_t>
+inline MeanM2<double> widened(const MeanM2<acc_t>& block) {
+  return {static_cast<double>(block.mean), static_cast<double>(block.m2), block.count};
+}
+
+// Blocks are reduced in acc_t and merged in double: merged in float32, M2 grows to ~count * var
+// and each block's addition rounds at its ulp, which over 2^29 values per channel biased the
+// variance by 4e-4 (tests/test_huge.py).
 template <typename scalar_t, typename acc_t>
 void stats_planar(const StatsArgs<scalar_t, acc_t>& a) {
   at::parallel_for(0, a.shape.channels, 1, [&](int64_t c0, int64_t c1) {
     acc_t buf[kBlock];
     for (int64_t c = c0; c < c1; ++c) {
-      MeanM2<acc_t> acc{0, 0, 0};
+      MeanM2<double> acc{0, 0, 0};
       for_each_channel_block(a.shape, c, [&](const Segments& seg) {
-        acc = chan_merge(acc, with_planar_block<acc_t>(seg, [&](const auto* x) { return block_mean_m2<acc_t>(x, seg.numel()); },
-                                                       std::pair<const scalar_t*, acc_t*>{a.input, buf}));
+        acc = chan_merge(acc, widened(with_planar_block<acc_t>(seg, [&](const auto* x) { return block_mean_m2<acc_t>(x, seg.numel()); },
+                                                               std::pair<const scalar_t*, acc_t*>{a.input, buf})));
       });
-      a.mean[c] = acc.mean;
-      a.var[c] = acc.m2 / static_cast<acc_t>(acc.count);
+      a.mean[c] = static_cast<acc_t>(acc.mean);
+      a.var[c] = static_cast<acc_t>(acc.m2 / static_cast<double>(acc.count));
     }
   });
 }
@@ -148,8 +157,9 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
   const RowBlocks blocks(a.shape, kReadsInPlace<scalar_t, acc_t>);
   const int threads = at::get_num_threads();
-  // Per-thread partials; every channel of a thread has seen the same rows, so one count each.
-  std::vector<acc_t> t_mean(threads * C, 0), t_m2(threads * C, 0);
+  // Per-thread partials, in double (see stats_planar); every channel of a thread has seen the
+  // same rows, so one count each.
+  std::vector<double> t_mean(threads * C, 0), t_m2(threads * C, 0);
   std::vector<int64_t> t_count(threads, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
@@ -158,8 +168,8 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
       const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
       const acc_t len = static_cast<acc_t>(n);
       const int64_t total = t_count[tid] + n;
-      const acc_t block_share = len / static_cast<acc_t>(total);
-      const acc_t prev = static_cast<acc_t>(t_count[tid]);
+      const double block_share = static_cast<double>(n) / static_cast<double>(total);
+      const double prev = static_cast<double>(t_count[tid]);
       for (int64_t c0 = 0; c0 < C; c0 += blocks.cols_per_block) {
         const int64_t cols = std::min(blocks.cols_per_block, C - c0);
         acc_t* sum = block_mean.data();
@@ -184,23 +194,23 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
           return 0;
         }, std::pair<const scalar_t*, acc_t*>{a.input, buf.data()});
         // Chan merge of the block into this thread's partial, all channels at once.
-        acc_t* mean = &t_mean[tid * C + c0];
-        acc_t* m2 = &t_m2[tid * C + c0];
+        double* mean = &t_mean[tid * C + c0];
+        double* m2 = &t_m2[tid * C + c0];
 #pragma omp simd
         for (int64_t j = 0; j < cols; ++j) {
-          const acc_t delta = sum[j] - mean[j];
+          const double delta = static_cast<double>(sum[j]) - mean[j];
           mean[j] += delta * block_share;
-          m2[j] += m2_sum[j] + delta * delta * prev * block_share;
+          m2[j] += static_cast<double>(m2_sum[j]) + delta * delta * prev * block_share;
         }
       }
       t_count[tid] = total;
     }
   });
   for (int64_t c = 0; c < C; ++c) {
-    MeanM2<acc_t> acc{0, 0, 0};
-    for (int t = 0; t < threads; ++t) acc = chan_merge(acc, MeanM2<acc_t>{t_mean[t * C + c], t_m2[t * C + c], t_count[t]});
-    a.mean[c] = acc.mean;
-    a.var[c] = acc.m2 / static_cast<acc_t>(acc.count);
+    MeanM2<double> acc{0, 0, 0};
+    for (int t = 0; t < threads; ++t) acc = chan_merge(acc, MeanM2<double>{t_mean[t * C + c], t_m2[t * C + c], t_count[t]});
+    a.mean[c] = static_cast<acc_t>(acc.mean);
+    a.var[c] = static_cast<acc_t>(acc.m2 / static_cast<double>(acc.count));
   }
 }
 

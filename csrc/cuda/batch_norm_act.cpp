@@ -58,6 +58,9 @@ struct CudaBackend {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
+  // The backward passes recompute g (memory-bound here: a cache would only add traffic).
+  static void* grad_cache(const Tensor&, ActKind, bool) { return nullptr; }
+
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
                               const RebuildCoefficients& k, ActKind act, double param, bool from_output,
                               void* sum_g, void* sum_g_xc, const BnShape& shape) {
