@@ -13,20 +13,14 @@
 #include <string>
 #include <tuple>
 
+#include "autograd_utils.h"
+
 namespace pyfusedbn {
 namespace {
 
-using at::Tensor;
-using OptTensor = c10::optional<Tensor>;
+using namespace autograd_utils;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 using TrainSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const OptTensor&, const OptTensor&,
                                                     const OptTensor&, const OptTensor&, const OptTensor&,
@@ -79,8 +73,8 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, invstd] = forward_ops(input, weight, bias, residual, running_mean, running_var, training,
                                            momentum, eps, activation, param, num_batches_tracked, need_backward);
-    auto value = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
-    ctx->save_for_backward({input, value(weight), value(bias), value(residual), mean, invstd});
+    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias),
+                            value_or_undefined(residual), mean, invstd});
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
@@ -118,9 +112,8 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
       grads = backward_op.call(grad_outputs[0], input, mean, invstd, weight, bias, residual, training, activation,
                                param, false, mask);
     }
-    auto value = [](const OptTensor& t) { return t.has_value() ? *t : Tensor(); };
-    return {value(std::get<0>(grads)), value(std::get<1>(grads)), value(std::get<2>(grads)),
-            value(std::get<3>(grads)), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
+    return {value_or_undefined(std::get<0>(grads)), value_or_undefined(std::get<1>(grads)),
+            value_or_undefined(std::get<2>(grads)), value_or_undefined(std::get<3>(grads)), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
             Tensor(), Tensor()};
   }
 };

@@ -10,11 +10,12 @@
 #include <string>
 #include <tuple>
 
+#include "autograd_utils.h"
+
 namespace pyfusedbn {
 namespace {
 
-using at::Tensor;
-using OptTensor = c10::optional<Tensor>;
+using namespace autograd_utils;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -28,14 +29,10 @@ using OptGrads = std::tuple<OptTensor, OptTensor, OptTensor, OptTensor>;
 using CompositeSig = OptGrads(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&, const OptTensor&,
                               int64_t, double, const std::string&, double, std::array<bool, 4>);
 
-OptTensor defined_or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
-Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
-
 std::tuple<Tensor, Tensor, Tensor> forward_op(const Tensor& input, const OptTensor& weight, const OptTensor& bias,
                                               const OptTensor& residual, int64_t num_groups, double eps,
                                               const std::string& activation, double param) {
-  static const auto op =
-      c10::Dispatcher::singleton().findSchemaOrThrow("pyfusedbn::group_norm_act", "").typed<ForwardSig>();
+  static const auto op = op_handle<ForwardSig>("pyfusedbn::group_norm_act");
   return op.call(input, weight, bias, residual, num_groups, eps, activation, param);
 }
 
@@ -73,17 +70,13 @@ class GroupNormActFunction : public torch::autograd::Function<GroupNormActFuncti
       if (saved[i].defined()) mask[i] = ctx->needs_input_grad(index++);
     std::array<Tensor, 4> grads;
     if (at::GradMode::is_enabled()) {
-      static const auto composite = c10::Dispatcher::singleton()
-                                        .findSchemaOrThrow("pyfusedbn::group_norm_act_composite_backward", "")
-                                        .typed<CompositeSig>();
+      static const auto composite = op_handle<CompositeSig>("pyfusedbn::group_norm_act_composite_backward");
       const auto g = composite.call(grad_outputs[0], input, weight, bias, residual, num_groups,
                                     ctx->saved_data["eps"].toDouble(), activation, param, mask);
       grads = {value_or_undefined(std::get<0>(g)), value_or_undefined(std::get<1>(g)),
                value_or_undefined(std::get<2>(g)), value_or_undefined(std::get<3>(g))};
     } else {
-      static const auto backward_op = c10::Dispatcher::singleton()
-                                          .findSchemaOrThrow("pyfusedbn::group_norm_act_backward", "")
-                                          .typed<BackwardSig>();
+      static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::group_norm_act_backward");
       auto [dx, dw, db, dres] = backward_op.call(grad_outputs[0], input, mean, rstd, weight, bias, residual, num_groups,
                                                  activation, param);
       // Parameter gradients come in the accumulate dtype; autograd wants the parameter's.
