@@ -19,11 +19,16 @@ struct SumPair {
   acc_t second;
 };
 
+// The lanes' total, folded in halves (lanes[j] += lanes[j + half]): log2(kLanes) dependent vector
+// adds instead of a chain of kLanes scalar adds, which on a small block (a 16x16 plane: 16
+// vectors of work) cost as much as the block itself. Overwrites lanes.
 template <typename acc_t>
-inline acc_t combine_lanes(const acc_t* lanes) {
-  acc_t total = 0;
-  for (int64_t j = 0; j < kLanes<acc_t>; ++j) total += lanes[j];
-  return total;
+inline acc_t combine_lanes(acc_t* lanes) {
+  for (int64_t half = kLanes<acc_t> / 2; half >= 1; half /= 2) {
+#pragma omp simd
+    for (int64_t j = 0; j < half; ++j) lanes[j] += lanes[j + half];
+  }
+  return lanes[0];
 }
 
 // sum over i < len of term(i).

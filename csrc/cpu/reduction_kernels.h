@@ -232,19 +232,22 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
       const acc_t mean = a.mean[c], scale = a.scale[c], bias = a.bias[c], param = a.activation_param;
       double total_g = 0, total_g_xc = 0;
       for_each_channel_block(a.shape, c, [&](const Segments& seg) {
+        // g goes straight to the cache when the block is one run of it, else via g_buf.
+        acc_t* g_out = kKeepGrad && seg.count == 1 ? grad_cache + seg.offset : g_buf;
         const SumPair<acc_t> sums = with_planar_block<acc_t>(seg, [&](const auto* dy, const auto* saved, const auto* res) {
           return lane_sum_pair<acc_t>(seg.numel(), [&](int64_t i) {
             const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
                 load_acc<acc_t>(dy[i]), load_acc<acc_t>(saved[i]), kResidual ? load_acc<acc_t>(res[i]) : acc_t(0),
                 mean, scale, bias, param);  // {xc, g}
-            if constexpr (kKeepGrad) g_buf[i] = t.z;
+            if constexpr (kKeepGrad) g_out[i] = t.z;
             return SumPair<acc_t>{t.z, t.z * t.xc};
           });
         }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf}, std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf},
            std::pair<const scalar_t*, acc_t*>{a.residual, res_buf});
         if constexpr (kKeepGrad)
-          for (int64_t k = 0; k < seg.count; ++k)
-            std::copy_n(g_buf + k * seg.len, seg.len, grad_cache + seg.offset + k * seg.stride);
+          if (seg.count > 1)
+            for (int64_t k = 0; k < seg.count; ++k)
+              std::copy_n(g_buf + k * seg.len, seg.len, grad_cache + seg.offset + k * seg.stride);
         total_g += sums.first;
         total_g_xc += sums.second;
       });
