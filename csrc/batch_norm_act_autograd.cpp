@@ -62,6 +62,21 @@ std::tuple<Tensor, Tensor, Tensor> forward_ops(const Tensor& input, const OptTen
           Tensor()};
 }
 
+// Activations whose derivative at z is the same function of y = act(z) (a piecewise-constant
+// act' whose pieces y tells apart): identity, relu, and leaky_relu with a slope >= 0 (y > 0
+// exactly where z > 0). relu6 is not among them: in 16-bit types z just below 6 rounds to y == 6.
+bool act_grad_reads_output(const std::string& activation, double param) {
+  return activation == "identity" || activation == "relu" || (activation == "leaky_relu" && param >= 0);
+}
+
+// grad_out * act'(z) from y, with torch's own backward ops (as eager's activation modules do).
+Tensor act_backward_from_output(const Tensor& grad_out, const Tensor& output, const std::string& activation,
+                                double param) {
+  if (activation == "identity") return grad_out;
+  if (activation == "relu") return at::threshold_backward(grad_out, output, 0);
+  return at::leaky_relu_backward(grad_out, output, param, /*self_is_result=*/true);
+}
+
 class BatchNormActFunction : public torch::autograd::Function<BatchNormActFunction> {
  public:
   // Optional tensors go in as c10::optional: a None is then no autograd input at all, so
@@ -73,8 +88,17 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, invstd] = forward_ops(input, weight, bias, residual, running_mean, running_var, training,
                                            momentum, eps, activation, param, num_batches_tracked, need_backward);
-    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias),
-                            value_or_undefined(residual), mean, invstd});
+    // With a residual, z = bn(x) + residual; the backward needs act'(z) and x - mean. For the
+    // activations whose act' reads off the output, the output is saved instead of the residual:
+    // in ResNet's downsampling blocks the residual is the shortcut BatchNorm's output, which
+    // nothing else keeps, while the output is the next convolution's input, which it saves.
+    const bool grad_from_output = residual.has_value() && act_grad_reads_output(activation, param);
+    const Tensor saved_residual = grad_from_output ? Tensor() : value_or_undefined(residual);
+    const Tensor saved_output = grad_from_output && activation != "identity" ? out : Tensor();
+    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias), saved_residual, mean,
+                            invstd, saved_output});
+    ctx->saved_data["has_residual"] = residual.has_value();
+    ctx->saved_data["grad_from_output"] = grad_from_output;
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
@@ -85,10 +109,12 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
   // Which of (input, weight, bias, residual) need a gradient. needs_input_grad indexes the
   // autograd inputs, which skip the arguments that were None.
   static std::array<bool, 4> grad_mask(AutogradContext* ctx, const variable_list& saved) {
+    const std::array<bool, 4> given{saved[0].defined(), saved[1].defined(), saved[2].defined(),
+                                    ctx->saved_data["has_residual"].toBool()};
     std::array<bool, 4> mask{};
     size_t index = 0;
     for (size_t i = 0; i < 4; ++i)
-      if (saved[i].defined()) mask[i] = ctx->needs_input_grad(index++);
+      if (given[i]) mask[i] = ctx->needs_input_grad(index++);
     return mask;
   }
 
@@ -101,6 +127,24 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     const std::string activation = ctx->saved_data["activation"].toStringRef();
     const double param = ctx->saved_data["param"].toDouble();
     const std::array<bool, 4> mask = grad_mask(ctx, saved);
+    if (ctx->saved_data["grad_from_output"].toBool()) {
+      // dz = grad_out * act'(z) from the saved output; the rest is the identity's backward
+      // without a residual, and dz is the residual's gradient.
+      const Tensor dz = act_backward_from_output(grad_outputs[0], saved[6], activation, param);
+      const std::array<bool, 4> bn_mask{mask[0], mask[1], mask[2], false};
+      Grads grads;
+      if (at::GradMode::is_enabled()) {
+        static const auto composite = op_handle<CompositeBackwardSig>("pyfusedbn::batch_norm_act_composite_backward");
+        grads = composite.call(dz, input, weight, bias, c10::nullopt, mean, invstd, training,
+                               ctx->saved_data["eps"].toDouble(), "identity", 0.0, bn_mask);
+      } else {
+        static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::batch_norm_act_backward");
+        grads = backward_op.call(dz, input, mean, invstd, weight, bias, c10::nullopt, training, "identity", 0.0,
+                                 false, bn_mask);
+      }
+      std::get<3>(grads) = mask[3] ? OptTensor(dz) : c10::nullopt;
+      return gradients_of(grads);
+    }
     Grads grads;
     if (at::GradMode::is_enabled()) {
       // create_graph=True: gradients that are themselves differentiable.
@@ -112,6 +156,12 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
       grads = backward_op.call(grad_outputs[0], input, mean, invstd, weight, bias, residual, training, activation,
                                param, false, mask);
     }
+    return gradients_of(grads);
+  }
+
+ private:
+  // The autograd inputs' gradients: (input, weight, bias, residual), none for the rest.
+  static variable_list gradients_of(const Grads& grads) {
     return {value_or_undefined(std::get<0>(grads)), value_or_undefined(std::get<1>(grads)),
             value_or_undefined(std::get<2>(grads)), value_or_undefined(std::get<3>(grads)), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(),
             Tensor(), Tensor()};

@@ -72,10 +72,6 @@ def test_saved_tensor_census_attributes_every_saved_tensor(residual):
         assert unique["converted"] <= unique["eager"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 11: BatchNormActFunction saves its residual for backward; in ResNet's downsampling "
-    "blocks that is the shortcut BatchNorm's output, which nothing else keeps (eager's add saves "
-    "nothing). Remove this mark once relu & co. take act' from the saved output instead."))
 def test_converted_resnet_saves_no_more_than_eager():
     report = saved_tensors.run("resnet50", width=4, batch=2, size=32, residual=True)
     unique = {name: report["results"][name]["unique_bytes"] for name in ("eager", "converted")}
