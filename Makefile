@@ -22,10 +22,10 @@ test: build
 	$(PY) -m pytest -q tests
 
 # The bad-input and edge-case tests (and the fuzzer's CI budget), and the GroupNorm ops (their
-# per-sample kernel walk and the per-thread gradient cache), on a build with AddressSanitizer
+# per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), on a build with AddressSanitizer
 # + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build is left alone).
 SANITIZE_TESTS ?= -m "not slow" tests/test_errors.py tests/test_numerics.py tests/test_fuzz.py \
-  tests/test_group_norm_ops.py tests/test_group_norm_parity.py
+  tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py
 test-sanitize: venv
 	SANITIZE=1 bash tools/scratch_test.sh sanitize $(PY) -q $(SANITIZE_TESTS)
 

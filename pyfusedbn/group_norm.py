@@ -1,6 +1,7 @@
 """group_norm_act: y = act(GroupNorm(x) + residual) as one fused op, its autograd.Function and
 the fake kernels of the GroupNorm ops. InstanceNorm (num_groups = C) and timm's LayerNorm2d
 (num_groups = 1 over an (N*H*W, C) view) run on the same ops (pyfusedbn/group_norm_modules.py)."""
+import math
 import numbers
 from typing import Optional
 
@@ -30,6 +31,24 @@ def group_norm_act(
     """`act(F.group_norm(input, num_groups, weight, bias, eps) + residual)` in one pass forward
     and two passes backward. `activation` names a torch.nn.functional activation (see
     pyfusedbn.ACTIVATION_NAMES), `activation_param` its one parameter (torch's default if None)."""
+    if isinstance(input, Tensor) and isinstance(num_groups, int):
+        check_values_per_group(input, num_groups)
+    return checked_group_norm_act(input, num_groups, weight, bias, eps, activation, activation_param, residual)
+
+
+def check_values_per_group(input: Tensor, num_groups: int) -> None:
+    """F.group_norm's own check, same type and words: a batch of one sample whose groups are one
+    value each (N * C / G * spatial == 1) is refused."""
+    if input.dim() < 2 or num_groups <= 0:
+        return  # the op says what is wrong
+    size = [input.shape[0] * input.shape[1] // num_groups, num_groups] + list(input.shape[2:])
+    if math.prod(size[:1] + size[2:]) == 1:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+
+
+def checked_group_norm_act(input, num_groups, weight, bias, eps, activation, activation_param, residual):
+    """group_norm_act without F.group_norm's values-per-group check (LayerNormAct2d's rows of one
+    channel are fine for F.layer_norm)."""
     activation, activation_param = resolve_activation(activation, activation_param)
     if not isinstance(input, Tensor):
         raise TypeError(f"group_norm_act: input must be a Tensor, got {type(input).__name__}")

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .functional import batch_norm_act
-from .group_norm import group_norm_act, group_norm_act_with_stats
+from .group_norm import checked_group_norm_act, group_norm_act, group_norm_act_with_stats
 from .activations import resolve_activation
 
 
@@ -73,6 +73,6 @@ def layer_norm_act_2d(
                          f"got {tuple(residual.shape)}")
     n, c, h, w = input.shape
     to_rows = lambda t: t.permute(0, 2, 3, 1).reshape(n * h * w, c)
-    rows = group_norm_act(to_rows(input), 1, weight, bias, eps, activation, activation_param,
+    rows = checked_group_norm_act(to_rows(input), 1, weight, bias, eps, activation, activation_param,
                           None if residual is None else to_rows(residual))
     return rows.view(n, h, w, c).permute(0, 3, 1, 2)

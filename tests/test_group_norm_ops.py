@@ -80,6 +80,11 @@ BAD_INPUTS = [
      "eps must be a finite value >= 0"),
     ("unknown activation", lambda: pyfusedbn.group_norm_act(torch.randn(2, 4, 3), 2, activation="swish"),
      ValueError, "activation must be one of"),
+    # F.group_norm's check, its words: one sample whose groups are one value each.
+    ("one value per group", lambda: pyfusedbn.group_norm_act(torch.randn(1, 4), 4), ValueError,
+     r"Expected more than 1 value per channel when training, got input size \[1, 4\]"),
+    ("one value per group (module)", lambda: pyfusedbn.GroupNormAct(3, 3)(torch.randn(1, 3, 1, 1)), ValueError,
+     r"Expected more than 1 value per channel when training, got input size \[1, 3, 1, 1\]"),
     ("float groups", lambda: pyfusedbn.group_norm_act(torch.randn(2, 4, 3), 2.0), TypeError,
      "num_groups must be an int"),
     ("backward mean shape", lambda: ops.group_norm_act_backward(

@@ -1,0 +1,163 @@
+"""Property-based tests (hypothesis) of group_norm_act against a float64 composite of torch ops
+(F.group_norm, residual, the activation; autograd for the gradients), as tests/test_fuzz.py does
+for BatchNorm: random ranks 2-5, group counts and group widths made of 1s and small primes, every
+dtype and activation, residual, affine or not, and the layouts the kernels must handle
+(contiguous, channels_last, strided and transposed views, a storage offset that misaligns vector
+loads, expanded or non-contiguous gradients). CPU always, CUDA where present: odd shapes are
+where launch geometry and per-(sample, group) indexing go wrong.
+
+Budget and determinism come from the hypothesis profile (tests/conftest.py).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+import pyfusedbn
+from helpers import DTYPES, TOLERANCE, assert_close, near_kink, param_dtype
+from pyfusedbn.activations import ACTIVATIONS, torch_activation
+from test_fuzz import DEVICES, GRAD_LAYOUTS, KINK_MARGIN, DEFAULT_KINK_MARGIN, LAYOUTS, MAX_CANCELLATION, \
+    MAX_SLOPE, PARAM_RANGES, lay_out
+
+SIZES = (1, 1, 2, 3, 5, 7, 11)
+GROUP_COUNTS = (1, 2, 3, 5)
+GROUP_WIDTHS = (1, 2, 3, 5, 7)
+MAX_NUMEL = 4096
+EPS = 1e-5
+
+
+@st.composite
+def shapes(draw):
+    """(shape, num_groups): rank 2-5, C = groups * width, at most MAX_NUMEL elements."""
+    groups, width = draw(st.sampled_from(GROUP_COUNTS)), draw(st.sampled_from(GROUP_WIDTHS))
+    shape = [draw(st.sampled_from(SIZES)), groups * width]
+    total = shape[0] * shape[1]
+    for _ in range(draw(st.integers(0, 3))):
+        size = draw(st.sampled_from([s for s in SIZES if total * s <= MAX_NUMEL]))
+        shape.append(size)
+        total *= size
+    return tuple(shape), groups
+
+
+@st.composite
+def cases(draw):
+    shape, groups = draw(shapes())
+    activation = draw(st.sampled_from(sorted(ACTIVATIONS)))
+    param = None
+    if activation in PARAM_RANGES:
+        low, high = PARAM_RANGES[activation]
+        param = draw(st.floats(low, high))
+        if activation == "softplus" and draw(st.booleans()):
+            param = -param
+    return {
+        "shape": shape, "groups": groups, "activation": activation, "param": param,
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "layout": draw(st.sampled_from(LAYOUTS)),
+        "grad_layout": draw(st.sampled_from(GRAD_LAYOUTS)),
+        "residual": draw(st.sampled_from((None,) + LAYOUTS)),
+        "affine": draw(st.booleans()),
+        "offset": draw(st.integers(1, 3)),
+        "seed": draw(st.integers(0, 2 ** 31 - 1)),
+    }
+
+
+def per_group(t, groups):
+    """(N, C, *) as (N, groups, values of the group)."""
+    return t.reshape(t.shape[0], groups, -1)
+
+
+def cancellation(x, groups):
+    """Largest |x| of a group in units of its spread (as test_fuzz.cancellation, per group)."""
+    x64 = per_group(x.detach().cpu().double(), groups)
+    var = x64.var(dim=2, unbiased=False)
+    return (x64.abs().amax(dim=2) * torch.rsqrt(var + EPS)).max().item()
+
+
+def term_scales(x, residual, weight, bias, groups, dy):
+    """Magnitudes of the terms each result sums (test_fuzz.term_scales, with per-group rstd)."""
+    n, c = x.shape[:2]
+    view = (1, c) + (1,) * (x.dim() - 2)
+    xg = per_group(x.detach(), groups)
+    var, mean = torch.var_mean(xg, dim=2, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + EPS)
+    x_hat = ((xg - mean) * rstd).reshape(x.shape).abs()
+    rstd_nc = rstd.expand(n, groups, c // groups).reshape((n, c) + (1,) * (x.dim() - 2))
+    w = weight.detach().abs() if weight is not None else torch.ones(c, dtype=torch.float64)
+    b = bias.detach().abs() if bias is not None else torch.zeros(c, dtype=torch.float64)
+    g = dy.abs() * MAX_SLOPE
+    pre = x_hat * w.reshape(view) + b.reshape(view) + (residual.detach().abs() if residual is not None else 0)
+    dims = [0] + list(range(2, x.dim()))
+    return {
+        "output": MAX_SLOPE * pre.max().item(),
+        "grad input": 3 * (w.reshape(view) * rstd_nc).max().item() * g.max().item(),
+        "grad weight": (g * x_hat).sum(dim=dims).max().item() if x.numel() else 0.0,
+        "grad bias": g.sum(dim=dims).max().item() if x.numel() else 0.0,
+    }
+
+
+def check(case, device):
+    shape, groups, dtype = case["shape"], case["groups"], case["dtype"]
+    g = torch.Generator().manual_seed(case["seed"])
+    channels, pdtype = shape[1], param_dtype(dtype)
+
+    def values(mean=0.0):
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + mean).to(dtype).to(device)
+
+    weight = bias = None
+    if case["affine"]:
+        weight = (torch.rand(channels, generator=g, dtype=torch.float64) * 1.5 + 0.25).to(pdtype).to(device)
+        bias = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
+        weight.requires_grad_(), bias.requires_grad_()
+    x = lay_out(values(mean=1.0), case["layout"], case["offset"]).requires_grad_()
+    if dtype == torch.float32:
+        assume(cancellation(x, groups) <= MAX_CANCELLATION)
+    residual = None
+    if case["residual"] is not None:
+        residual = lay_out(values(), case["residual"], case["offset"]).requires_grad_()
+    dy = lay_out(values(), case["grad_layout"], case["offset"])
+    where = f"{case}"
+
+    call = lambda: pyfusedbn.group_norm_act(x, groups, weight, bias, EPS, case["activation"], case["param"], residual)
+    if x.numel() // groups == 1:  # one sample of one-value groups: F.group_norm refuses it, so must we
+        with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+            call()
+        return
+    y = call()
+    y.backward(dy)
+
+    leaf = lambda t: None if t is None else t.detach().cpu().double().requires_grad_()
+    x64, res64, w64, b64 = leaf(x), leaf(residual), leaf(weight), leaf(bias)
+    z64 = F.group_norm(x64, groups, w64, b64, EPS)
+    if res64 is not None:
+        z64 = z64 + res64
+    y64 = torch_activation(case["activation"], case["param"])(z64)
+    y64.backward(dy.cpu().double())
+    scale = term_scales(x64, res64, w64, b64, groups, dy.cpu().double())
+
+    tol = TOLERANCE[dtype]
+    assert y.dtype == dtype and y.shape == x.shape, where
+    assert_close(f"{where}: output", y, y64, tol, scale["output"])
+    # Which side of a kink an element takes is a matter of rounding: a group with an element
+    # there is left out of grad input (its every element reads the group's sums), a channel
+    # with one out of the parameter gradients.
+    margin = KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN)
+    near = near_kink(case["activation"], z64.detach(), margin)
+    n = shape[0]
+    group_near = per_group(near, groups).any(dim=2, keepdim=True).expand(n, groups, near[0].numel() // groups)
+    keep = ~group_near.reshape(shape)
+    assert_close(f"{where}: grad input", x.grad.cpu()[keep], x64.grad[keep], tol, scale["grad input"])
+    if residual is not None:
+        assert_close(f"{where}: grad residual", residual.grad.cpu()[~near], res64.grad[~near], tol)
+    if weight is not None:
+        channel_keep = ~near.transpose(0, 1).reshape(channels, -1).any(dim=1)
+        assert_close(f"{where}: grad weight", weight.grad.cpu()[channel_keep], w64.grad[channel_keep], tol,
+                     scale["grad weight"])
+        assert_close(f"{where}: grad bias", bias.grad.cpu()[channel_keep], b64.grad[channel_keep], tol,
+                     scale["grad bias"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=cases())
+def test_matches_float64_composite(device, case):
+    check(case, device)
