@@ -1,5 +1,6 @@
-"""Property-based tests (hypothesis) of group_norm_act against a float64 composite of torch ops
-(F.group_norm, residual, the activation; autograd for the gradients), as tests/test_fuzz.py does
+"""Property-based tests (hypothesis) of group_norm_act, instance_norm_act and layer_norm_act_2d
+against float64 composites of torch ops (F.group_norm / F.instance_norm / F.layer_norm, residual,
+the activation; autograd for the gradients), as tests/test_fuzz.py does
 for BatchNorm: random ranks 2-5, group counts and group widths made of 1s and small primes, every
 dtype and activation, residual, affine or not, and the layouts the kernels must handle
 (contiguous, channels_last, strided and transposed views, a storage offset that misaligns vector
@@ -161,3 +162,114 @@ def check(case, device):
 @given(case=cases())
 def test_matches_float64_composite(device, case):
     check(case, device)
+
+
+@st.composite
+def instance_and_layer_cases(draw):
+    """instance_norm_act (rank 3-5, running statistics or not) and layer_norm_act_2d (rank 4)."""
+    norm = draw(st.sampled_from(("instance", "layer2d")))
+    rank = 4 if norm == "layer2d" else draw(st.integers(3, 5))
+    shape = [draw(st.sampled_from(SIZES)), draw(st.sampled_from((1, 2, 3, 5, 7, 13)))]
+    total = shape[0] * shape[1]
+    for _ in range(rank - 2):
+        size = draw(st.sampled_from([s for s in SIZES if total * s <= MAX_NUMEL]))
+        shape.append(size)
+        total *= size
+    if norm == "instance" and total // (shape[0] * shape[1]) == 1:
+        shape[-1] = 2  # F.instance_norm needs more than one value per instance
+    case = draw(cases())
+    case.update(norm=norm, shape=tuple(shape), groups=None, running=draw(st.booleans()),
+                momentum=draw(st.sampled_from((0.1, 0.7))))
+    return case
+
+
+def reference_instance_or_layer(case, x, weight, bias, running_mean, running_var):
+    if case["norm"] == "instance":
+        return F.instance_norm(x, running_mean, running_var, weight, bias, True, case["momentum"], EPS)
+    rows = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), weight, bias, EPS)
+    return rows.permute(0, 3, 1, 2)
+
+
+def check_instance_or_layer(case, device):
+    shape, dtype, norm = case["shape"], case["dtype"], case["norm"]
+    g = torch.Generator().manual_seed(case["seed"])
+    channels, pdtype = shape[1], param_dtype(dtype)
+
+    def values(mean=0.0):
+        return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + mean).to(dtype).to(device)
+
+    weight = bias = running_mean = running_var = None
+    if case["affine"]:
+        weight = (torch.rand(channels, generator=g, dtype=torch.float64) * 1.5 + 0.25).to(pdtype).to(device)
+        bias = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
+        weight.requires_grad_(), bias.requires_grad_()
+    if norm == "instance" and case["running"]:
+        running_mean = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
+        running_var = (torch.rand(channels, generator=g, dtype=torch.float64) + 0.25).to(pdtype).to(device)
+    x = lay_out(values(mean=1.0), case["layout"], case["offset"]).requires_grad_()
+    # The values each statistic is over, as the last dimension.
+    sets = (lambda t: t.flatten(2)) if norm == "instance" else (lambda t: t.movedim(1, -1))
+    if dtype == torch.float32:
+        x64 = sets(x.detach().cpu().double())
+        spread = torch.rsqrt(x64.var(dim=-1, unbiased=False) + EPS)
+        assume((x64.abs().amax(dim=-1) * spread).max().item() <= MAX_CANCELLATION)
+    residual = None
+    if case["residual"] is not None:
+        residual = lay_out(values(), case["residual"], case["offset"]).requires_grad_()
+    dy = lay_out(values(), case["grad_layout"], case["offset"])
+    stats64 = [None if t is None else t.detach().cpu().double() for t in (running_mean, running_var)]
+    where = f"{case}"
+
+    if norm == "instance":
+        y = pyfusedbn.instance_norm_act(x, running_mean, running_var, weight, bias, True, case["momentum"], EPS,
+                                        case["activation"], case["param"], residual)
+    else:
+        y = pyfusedbn.layer_norm_act_2d(x, weight, bias, EPS, case["activation"], case["param"], residual)
+    y.backward(dy)
+
+    leaf = lambda t: None if t is None else t.detach().cpu().double().requires_grad_()
+    x64, res64, w64, b64 = leaf(x), leaf(residual), leaf(weight), leaf(bias)
+    z64 = reference_instance_or_layer(case, x64, w64, b64, *stats64)
+    if res64 is not None:
+        z64 = z64 + res64
+    y64 = torch_activation(case["activation"], case["param"])(z64)
+    # Contiguous: torch 2.13's F.instance_norm backward on the CPU returns wrong input gradients
+    # for a channels_last gradient whose strides are ambiguous (H == 1: (1, 2, 1, 3), strides
+    # (6, 1, 6, 2)), F.group_norm's do not; the values are the same either way.
+    y64.backward(dy.cpu().double().contiguous())
+    if norm == "instance":
+        scale = term_scales(x64, res64, w64, b64, channels, dy.cpu().double())
+    else:  # rows of C values: one group of C channels per position
+        rows = lambda t: None if t is None else t.detach().movedim(1, -1).reshape(-1, channels)
+        scale = term_scales(rows(x64), rows(res64), w64, b64, 1, rows(dy.cpu().double()))
+
+    tol = TOLERANCE[dtype]
+    assert y.dtype == dtype and y.shape == x.shape, where
+    assert_close(f"{where}: output", y, y64, tol, scale["output"])
+    if running_mean is not None:
+        stats_tol = TOLERANCE[pdtype]
+        assert_close(f"{where}: running_mean", running_mean, stats64[0], stats_tol)
+        assert_close(f"{where}: running_var", running_var, stats64[1], stats_tol)
+    margin = KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN)
+    near = near_kink(case["activation"], z64.detach(), margin)
+    # An element near a kink leaves out its whole set (instance or position) from grad input.
+    if norm == "instance":
+        set_near = near.flatten(2).any(dim=2).reshape(shape[:2] + (1,) * (len(shape) - 2)).expand(shape)
+    else:
+        set_near = near.any(dim=1, keepdim=True).expand(shape)
+    keep = ~set_near
+    assert_close(f"{where}: grad input", x.grad.cpu()[keep], x64.grad[keep], tol, scale["grad input"])
+    if residual is not None:
+        assert_close(f"{where}: grad residual", residual.grad.cpu()[~near], res64.grad[~near], tol)
+    if weight is not None:
+        channel_keep = ~near.transpose(0, 1).reshape(channels, -1).any(dim=1)
+        assert_close(f"{where}: grad weight", weight.grad.cpu()[channel_keep], w64.grad[channel_keep], tol,
+                     scale["grad weight"])
+        assert_close(f"{where}: grad bias", bias.grad.cpu()[channel_keep], b64.grad[channel_keep], tol,
+                     scale["grad bias"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@given(case=instance_and_layer_cases())
+def test_instance_and_layer_norm_match_float64_composite(device, case):
+    check_instance_or_layer(case, device)
