@@ -1,81 +1,161 @@
-// GroupNorm's per-(sample, group) algebra as plain loops (torch-free), for CPU tensors: the
-// coefficients the kernels take per (sample, channel), and the parameter gradients. On a CPU these
-// few thousand values cost less as one loop than as the ~20 small tensor ops they replace
-// (~35 us of a 50 us op on a small layer). Other devices use the same formulas as tensor ops
-// (group_norm_act_common.cpp). weight / bias: C values or nullptr (1 and 0).
+// GroupNorm's per-(sample, group) algebra, written once for CPU and CUDA (torch-free): the
+// coefficients the elementwise kernels take per (sample, channel) and the parameter gradients.
+// Each formula is a per-item FBN_HOST_DEVICE function; the host loops at the bottom call them for
+// CPU tensors, and the CUDA kernels (cuda/group_coefficients.cu, the end of group_stats_kernel in
+// cuda/group_norm.cu) call them one thread per item. These are a few thousand values: as ~20
+// small tensor ops they cost more than the kernels themselves (~35 us of a 50 us CPU op, a launch
+// each on a GPU). The sums run in double on both devices.
 #pragma once
 
 #include <math.h>
 #include <stdint.h>
 
+#include "activations.h"  // FBN_HOST_DEVICE
+#include "group_norm_args.h"
+
 namespace pyfusedbn {
 
-// rstd = 1 / sqrt(var + eps) per (n, g); scale = weight * rstd, shift = bias - mean * scale per (n, c).
+template <typename acc_t>
+FBN_HOST_DEVICE acc_t weight_at(const acc_t* weight, int64_t c) {
+  return weight ? weight[c] : acc_t(1);
+}
+template <typename acc_t>
+FBN_HOST_DEVICE acc_t bias_at(const acc_t* bias, int64_t c) {
+  return bias ? bias[c] : acc_t(0);
+}
+
+// Per (n, g): rstd = 1 / sqrt(var + eps), the root taken in double (as the CPU loop always has,
+// so both devices round it alike).
+template <typename acc_t>
+FBN_HOST_DEVICE acc_t group_rstd(acc_t var, double eps) {
+  return acc_t(1) / static_cast<acc_t>(sqrt(static_cast<double>(var) + eps));
+}
+
+// Per (n, c): the apply pass's scale = weight * rstd and shift = bias - mean * scale.
+template <typename acc_t>
+struct ScaleShift {
+  acc_t scale;
+  acc_t shift;
+};
+template <typename acc_t>
+FBN_HOST_DEVICE ScaleShift<acc_t> group_scale_shift(acc_t mean, acc_t rstd, const acc_t* weight,
+                                                    const acc_t* bias, int64_t c) {
+  const acc_t scale = weight_at(weight, c) * rstd;
+  return {scale, bias_at(bias, c) - mean * scale};
+}
+
+// Per (n, c): the backward passes' rebuild coefficients mean, scale = weight * rstd, bias.
+template <typename acc_t>
+FBN_HOST_DEVICE void group_backward_prepare_at(const GroupCoefficientArgs<acc_t>& a,
+                                               const GroupBackwardArrays<acc_t>& k, int64_t nc) {
+  const int64_t c = nc % a.channels;
+  const int64_t ng = (nc / a.channels) * a.groups + c / a.channels_per_group();
+  k.mean[nc] = a.mean[ng];
+  k.scale[nc] = weight_at(a.weight, c) * a.rstd[ng];
+  k.bias[nc] = bias_at(a.bias, c);
+}
+
+// Per c, from the reduction's sums: grad_bias = sum_n sum_g, grad_weight = sum_n rstd * sum_g_xc,
+// summed in double over the samples n_first, n_first + n_step, ... below n_end (a CUDA thread
+// sums a strided part and the block merges the parts; the CPU loop takes them all).
+struct ParamGradSums {
+  double weight;
+  double bias;
+};
+template <typename acc_t>
+FBN_HOST_DEVICE ParamGradSums group_param_grad_sums(const GroupCoefficientArgs<acc_t>& a,
+                                                    const GroupBackwardArrays<acc_t>& k, int64_t c,
+                                                    int64_t n_first, int64_t n_end, int64_t n_step) {
+  const int64_t C = a.channels, g = c / a.channels_per_group();
+  ParamGradSums sums{0, 0};
+  for (int64_t n = n_first; n < n_end; n += n_step) {
+    sums.bias += k.sum_g[n * C + c];
+    sums.weight += static_cast<double>(k.sum_g_xc[n * C + c]) * a.rstd[n * a.groups + g];
+  }
+  return sums;
+}
+
+// Per (n, g), the elementwise pass's coefficients for the group's channels. With
+// dxhat = g * weight over a group of `count` elements,
+//   dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+//      = g * (weight * rstd) + xc * (-rstd^3 * B / count) + (-rstd * A / count),
+// A = sum(weight * sum_g), B = sum(weight * sum_g_xc) over the group's D channels, in double.
+// As above, over the channels j_first, j_first + j_step, ... of the group (a CUDA warp's lanes
+// share a group); the stores likewise.
+struct DxhatSums {
+  double a;
+  double b;
+};
+template <typename acc_t>
+FBN_HOST_DEVICE int64_t group_first_slot(const GroupCoefficientArgs<acc_t>& a, int64_t ng) {
+  return (ng / a.groups) * a.channels + (ng % a.groups) * a.channels_per_group();  // n * C + c0
+}
+template <typename acc_t>
+FBN_HOST_DEVICE DxhatSums group_dxhat_sums(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k,
+                                           int64_t ng, int64_t j_first, int64_t j_step) {
+  const int64_t D = a.channels_per_group(), first = group_first_slot(a, ng), c0 = (ng % a.groups) * D;
+  DxhatSums sums{0, 0};
+  for (int64_t j = j_first; j < D; j += j_step) {
+    const double w = weight_at(a.weight, c0 + j);
+    sums.a += w * k.sum_g[first + j];
+    sums.b += w * k.sum_g_xc[first + j];
+  }
+  return sums;
+}
+template <typename acc_t>
+FBN_HOST_DEVICE void group_store_elemt_coefficients(const GroupCoefficientArgs<acc_t>& a,
+                                                    const GroupBackwardArrays<acc_t>& k, double count, int64_t ng,
+                                                    const DxhatSums& sums, int64_t j_first, int64_t j_step) {
+  const int64_t D = a.channels_per_group(), first = group_first_slot(a, ng);
+  const double r = a.rstd[ng];
+  const acc_t coef_xc = static_cast<acc_t>(-r * r * r * sums.b / count);
+  const acc_t coef_const = static_cast<acc_t>(-r * sums.a / count);
+  for (int64_t j = j_first; j < D; j += j_step) {
+    k.coef_xc[first + j] = coef_xc;
+    k.coef_const[first + j] = coef_const;
+  }
+}
+
+// The host loops (CPU tensors).
+
+// Forward: rstd per (n, g) from var, and scale / shift per (n, c). var may be rstd itself (the
+// CPU backend has the statistics kernel write var there): each var[ng] is read before rstd[ng]
+// is written, and never after.
 template <typename acc_t>
 void group_forward_coefficients(const acc_t* mean, const acc_t* var, double eps, const acc_t* weight,
-                                const acc_t* bias, int64_t N, int64_t C, int64_t G, acc_t* rstd, acc_t* scale,
-                                acc_t* shift) {
+                                const acc_t* bias, int64_t N, int64_t C, int64_t G, acc_t* rstd,
+                                const GroupForwardArrays<acc_t>& out) {
   const int64_t D = C / G;
   for (int64_t ng = 0; ng < N * G; ++ng) {
-    const acc_t r = acc_t(1) / static_cast<acc_t>(sqrt(static_cast<double>(var[ng]) + eps));
+    const acc_t r = group_rstd(var[ng], eps);
     rstd[ng] = r;
     const int64_t n = ng / G, c0 = (ng % G) * D;
     for (int64_t c = c0; c < c0 + D; ++c) {
-      const acc_t s = (weight ? weight[c] : acc_t(1)) * r;
-      scale[n * C + c] = s;
-      shift[n * C + c] = (bias ? bias[c] : acc_t(0)) - mean[ng] * s;
+      const ScaleShift<acc_t> s = group_scale_shift(mean[ng], r, weight, bias, c);
+      out.scale[n * C + c] = s.scale;
+      out.shift[n * C + c] = s.shift;
     }
   }
 }
 
-// The backward passes' per-(n, c) inputs: mean, scale = weight * rstd, bias.
+// Backward, before the passes.
 template <typename acc_t>
-void group_backward_prepare(const acc_t* mean, const acc_t* rstd, const acc_t* weight, const acc_t* bias,
-                            int64_t N, int64_t C, int64_t G, acc_t* mean_nc, acc_t* scale_nc, acc_t* bias_nc) {
-  const int64_t D = C / G;
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t ng = n * G + c / D;
-      mean_nc[n * C + c] = mean[ng];
-      scale_nc[n * C + c] = (weight ? weight[c] : acc_t(1)) * rstd[ng];
-      bias_nc[n * C + c] = bias ? bias[c] : acc_t(0);
-    }
+void group_backward_prepare(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k) {
+  for (int64_t nc = 0; nc < a.batch * a.channels; ++nc) group_backward_prepare_at(a, k, nc);
 }
 
-// From the reduction's sum_g and sum_g_xc per (n, c): grad_bias = sum_n sum_g, grad_weight =
-// sum_n rstd * sum_g_xc, and the elementwise coefficients (group_norm_act_ops.h derives them)
-//   coef_xc = -rstd^3 * B / count, coef_const = -rstd * A / count,
-// A = sum(weight * sum_g), B = sum(weight * sum_g_xc) over the group's channels. Sums in double.
+// Backward, between the passes: parameter gradients (C values) and elementwise coefficients;
+// count = elements per group.
 template <typename acc_t>
-void group_backward_finalize(const acc_t* sum_g, const acc_t* sum_g_xc, const acc_t* rstd, const acc_t* weight,
-                             int64_t N, int64_t C, int64_t G, double count, acc_t* grad_weight, acc_t* grad_bias,
-                             acc_t* coef_xc, acc_t* coef_const) {
-  const int64_t D = C / G;
-  for (int64_t c = 0; c < C; ++c) {
-    double gw = 0, gb = 0;
-    for (int64_t n = 0; n < N; ++n) {
-      gb += sum_g[n * C + c];
-      gw += static_cast<double>(sum_g_xc[n * C + c]) * rstd[n * G + c / D];
-    }
-    grad_weight[c] = static_cast<acc_t>(gw);
-    grad_bias[c] = static_cast<acc_t>(gb);
+void group_backward_finalize(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k,
+                             double count, acc_t* grad_weight, acc_t* grad_bias) {
+  for (int64_t c = 0; c < a.channels; ++c) {
+    const ParamGradSums sums = group_param_grad_sums(a, k, c, 0, a.batch, 1);
+    grad_weight[c] = static_cast<acc_t>(sums.weight);
+    grad_bias[c] = static_cast<acc_t>(sums.bias);
   }
-  for (int64_t ng = 0; ng < N * G; ++ng) {
-    const int64_t n = ng / G, c0 = (ng % G) * D;
-    double a = 0, b = 0;
-    for (int64_t c = c0; c < c0 + D; ++c) {
-      const double w = weight ? weight[c] : 1.0;
-      a += w * sum_g[n * C + c];
-      b += w * sum_g_xc[n * C + c];
-    }
-    const double r = rstd[ng];
-    const acc_t xc_coef = static_cast<acc_t>(-r * r * r * b / count);
-    const acc_t const_coef = static_cast<acc_t>(-r * a / count);
-    for (int64_t c = c0; c < c0 + D; ++c) {
-      coef_xc[n * C + c] = xc_coef;
-      coef_const[n * C + c] = const_coef;
-    }
-  }
+  for (int64_t ng = 0; ng < a.batch * a.groups; ++ng)
+    group_store_elemt_coefficients(a, k, count, ng, group_dxhat_sums(a, k, ng, 0, 1), 0, 1);
 }
 
 }  // namespace pyfusedbn

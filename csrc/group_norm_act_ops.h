@@ -1,6 +1,7 @@
-// GroupNorm + activation ops, written once for every device. A Backend supplies the kernels
-// (group stats, and apply / backward_reduce / backward_elemt with per-(sample, channel)
-// coefficients); this file does the checks, the layout and the per-(sample, group) algebra.
+// GroupNorm + activation ops, written once for every device. A Backend supplies the kernels and
+// runs the per-(sample, group) algebra (group_coefficients.h: host loops on CPU, kernels on CUDA)
+// on raw pointers into one workspace per direction; this file does the checks, the layout and the
+// allocations, and dispatches no tensor op per call beyond them.
 #pragma once
 
 #include <string>
@@ -11,43 +12,63 @@
 
 namespace pyfusedbn {
 
-// Per-(sample, channel) inputs of both backward passes: mean, scale = weight * rstd and the bias,
-// in the accumulate dtype (GroupNorm's coefficients vary per sample, so they stay tensors).
-// grad_cache: where a backend keeps g = grad_out * act'(z) between the two passes, when it does
+// The affine parameters as contiguous accumulate-type values, undefined where absent: what the
+// per-(sample, group) algebra (group_coefficients.h) reads on either device.
+struct GroupAffine {
+  Tensor weight, bias;
+};
+GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, at::ScalarType acc);
+// t as contiguous acc values, dispatching no op when it already is (the common case).
+Tensor as_acc_contiguous(const Tensor& t, at::ScalarType acc);
+// rstd of a group with no elements (var 0), as the algebra rounds it in the accumulate type.
+double empty_group_rstd(double eps, at::ScalarType acc);
+
+// One workspace allocation per direction holds the per-(sample, channel) arrays
+// (group_norm_args.h: GroupForwardArrays, GroupBackwardArrays), which the backends carve into
+// raw pointers: a step allocates only that beyond its outputs.
+Tensor group_workspace(int64_t arrays, int64_t batch, int64_t channels, const Tensor& like, at::ScalarType acc);
+
+// The backward's state across its steps: the workspace of GroupBackwardArrays (N * C values
+// each), and where a backend keeps g = grad_out * act'(z) between the two passes, when it does
 // (CPU, costly activations: csrc/cpu/grad_cache.h); undefined otherwise.
 struct BackwardCoefficients {
-  Tensor mean, scale, bias, grad_cache;
+  Tensor workspace;
+  int64_t per_array;
+  Tensor grad_cache;
+
+  template <typename acc_t>
+  GroupBackwardArrays<acc_t> arrays() const {
+    return GroupBackwardArrays<acc_t>::carve(workspace.data_ptr<acc_t>(), per_array);
+  }
 };
 
-// The per-(sample, group) algebra (group_coefficients.h: host loops for CPU tensors, tensor ops
-// elsewhere). Forward: rstd (N, G) and the apply pass's scale / shift (N * C) from mean / var.
-struct GroupForwardCoefficients {
-  Tensor rstd, scale, shift;
-};
-GroupForwardCoefficients group_forward_coefficients(const Tensor& mean, const Tensor& var, double eps,
-                                                    const OptTensor& weight, const OptTensor& bias,
-                                                    int64_t channels);
-// Backward, before the passes: their per-(n, c) mean, scale, bias (grad_cache left undefined).
-BackwardCoefficients group_backward_coefficients(const Tensor& mean, const Tensor& rstd, const OptTensor& weight,
-                                                 const OptTensor& bias, int64_t channels);
-// Backward, between the passes: parameter gradients (C, accumulate dtype) and the elementwise
-// coefficients (N * C), from the reduction's sums; count = elements per group.
-struct GroupBackwardFinal {
-  Tensor grad_weight, grad_bias, coef_xc, coef_const;
-};
-GroupBackwardFinal group_backward_finalize(const Tensor& sum_g, const Tensor& sum_g_xc, const Tensor& rstd,
-                                           const OptTensor& weight, int64_t channels, double count);
+template <typename acc_t>
+GroupForwardArrays<acc_t> forward_arrays(const Tensor& workspace, int64_t per_array) {
+  return GroupForwardArrays<acc_t>::carve(workspace.data_ptr<acc_t>(), per_array);
+}
+
+// The algebra's arguments from (N, G) statistics and the affine values, as acc_t pointers.
+template <typename acc_t>
+GroupCoefficientArgs<acc_t> coefficient_args(const Tensor& mean, const Tensor& rstd, const GroupAffine& affine,
+                                             const BnShape& shape, int64_t groups) {
+  return {mean.defined() ? mean.data_ptr<acc_t>() : nullptr,
+          rstd.data_ptr<acc_t>(),
+          affine.weight.defined() ? affine.weight.data_ptr<acc_t>() : nullptr,
+          affine.bias.defined() ? affine.bias.data_ptr<acc_t>() : nullptr,
+          shape.batch,
+          shape.channels,
+          groups};
+}
 
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 // mean / rstd of the backward: (N, num_groups) on input's device.
 void check_per_group(const Tensor& t, const char* name, const Tensor& input, int64_t num_groups,
                      const char* op);
-// (N, G) values as N * C: each group's value repeated over its channels.
-Tensor expand_per_group(const Tensor& per_group, int64_t channels);
-// A per-channel tensor (or `fill` without one) repeated for each of N samples: N * C values.
-Tensor repeat_per_sample(const OptTensor& per_channel, int64_t batch, int64_t channels, double fill,
-                         at::ScalarType acc, const Tensor& like);
 
+// Backend steps, per direction (CPU: group_norm_act.cpp, CUDA: cuda/group_norm_binding.cpp):
+// forward  group_stats (mean, rstd and the apply pass's scale / shift), apply;
+// backward backward_prepare (rebuild coefficients), backward_reduce (sums),
+//          backward_finalize (parameter gradients, elementwise coefficients), backward_elemt.
 template <typename Backend>
 std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const OptTensor& weight,
                                                   const OptTensor& bias, const OptTensor& residual,
@@ -62,18 +83,18 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   check_per_channel(bias, "bias", input, op);
   const OptTensor res = lay_out_like(residual, "residual", x, op);
   const auto acc = acc_type_of(input);
+  const auto options = input.options().dtype(acc);
   const int64_t N = x.shape.batch, C = x.shape.channels;
-  Tensor out = at::empty_like(x.input);
-  // Written whole by the statistics kernel; an empty input's statistics are zeros.
-  const bool empty = x.shape.numel() == 0;
-  Tensor mean = empty ? at::zeros({N, num_groups}, input.options().dtype(acc))
-                      : at::empty({N, num_groups}, input.options().dtype(acc));
-  Tensor var = at::empty_like(mean);
-  if (empty) var.zero_();
-  if (!empty) Backend::group_stats(x.input, x.shape, num_groups, mean, var);
-  const GroupForwardCoefficients k = group_forward_coefficients(mean, var, eps, weight, bias, C);
-  if (!empty) Backend::apply(x.input, res, k.scale, k.shift, act, activation_param, out, x.shape);
-  return {out, mean, k.rstd};
+  Tensor out = empty_like_input(x);
+  if (x.shape.numel() == 0) {
+    // An empty group's statistics: mean 0, var 0.
+    return {out, at::zeros({N, num_groups}, options), at::full({N, num_groups}, empty_group_rstd(eps, acc), options)};
+  }
+  Tensor mean = at::empty({N, num_groups}, options), rstd = at::empty({N, num_groups}, options);
+  const Tensor workspace = group_workspace(kGroupForwardArrays, N, C, input, acc);
+  Backend::group_stats(x.input, x.shape, num_groups, eps, group_affine(weight, bias, acc), mean, rstd, workspace);
+  Backend::apply(x.input, res, workspace, act, activation_param, out, x.shape);
+  return {out, mean, rstd};
 }
 
 template <typename Backend>
@@ -92,25 +113,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   check_per_channel(weight, "weight", input, op);
   check_per_channel(bias, "bias", input, op);
   const auto acc = acc_type_of(input);
+  const auto options = input.options().dtype(acc);
   const int64_t N = x.shape.batch, C = x.shape.channels, G = num_groups;
-  const Tensor rstd_acc = rstd.scalar_type() == acc ? rstd : rstd.to(acc);
-  BackwardCoefficients k = group_backward_coefficients(mean, rstd_acc, weight, bias, C);
-  k.grad_cache = Backend::grad_cache(x.input, act);
-  // Written whole by the reduction; an empty input's sums are zeros.
+  const Tensor mean_acc = as_acc_contiguous(mean, acc), rstd_acc = as_acc_contiguous(rstd, acc);
+  const GroupAffine affine = group_affine(weight, bias, acc);
+  BackwardCoefficients k{group_workspace(kGroupBackwardArrays, N, C, input, acc), N * C,
+                         Backend::grad_cache(x.input, act)};
+  Tensor grad_weight = at::empty({C}, options), grad_bias = at::empty({C}, options);
+  Tensor grad_input = empty_like_input(x);
+  Tensor grad_residual = res.has_value() ? empty_like_input(x) : at::empty({0}, input.options());
   const bool empty = x.shape.numel() == 0;
-  Tensor sum_g = empty ? at::zeros({N * C}, rstd_acc.options()) : at::empty({N * C}, rstd_acc.options());
-  Tensor sum_g_xc = at::empty_like(sum_g);
-  if (empty) sum_g_xc.zero_();
-  if (!empty)
-    Backend::backward_reduce(dy, x.input, res, k, act, activation_param, false, sum_g, sum_g_xc, x.shape);
+  if (empty) {
+    k.workspace.zero_();  // an empty input's sums (so its parameter gradients) are zeros
+  } else {
+    Backend::backward_prepare(mean_acc, rstd_acc, affine, x.shape, G, k);
+    Backend::backward_reduce(dy, x.input, res, k, act, activation_param, false, x.shape);
+  }
   const double count = static_cast<double>(C / G * x.shape.spatial);
-  const GroupBackwardFinal f = group_backward_finalize(sum_g, sum_g_xc, rstd_acc, weight, C, count);
-  Tensor grad_input = at::empty_like(x.input);
-  Tensor grad_residual = res.has_value() ? at::empty_like(x.input) : at::empty({0}, input.options());
+  Backend::backward_finalize(rstd_acc, affine, x.shape, G, count, k, grad_weight, grad_bias);
   if (!empty)
-    Backend::backward_elemt(dy, x.input, res, k, k.scale, f.coef_xc, f.coef_const, act, activation_param, false,
-                            grad_input, grad_residual, x.shape);
-  return {grad_input, f.grad_weight, f.grad_bias, grad_residual};
+    Backend::backward_elemt(dy, x.input, res, k, act, activation_param, false, grad_input, grad_residual, x.shape);
+  return {grad_input, grad_weight, grad_bias, grad_residual};
 }
 
 }  // namespace pyfusedbn

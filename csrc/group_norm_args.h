@@ -1,4 +1,4 @@
-// GroupNorm's statistics-pass arguments (torch-free: shared by the CPU and CUDA kernels).
+// GroupNorm's kernel arguments (torch-free: shared by the CPU and CUDA kernels).
 //
 // GroupNorm splits the C channels of each sample into `groups` runs of C / groups channels and
 // normalises each (sample, group) over its channels and positions; InstanceNorm is groups == C
@@ -25,6 +25,70 @@ struct GroupStatsArgs {
   // A group's values are one contiguous run when each (n, c) plane is (NCHW) or when there is one
   // position per sample (rows of C values); otherwise (channels_last) they are strided.
   FBN_HOST_DEVICE bool contiguous_groups() const { return !shape.channels_last || shape.spatial == 1; }
+};
+
+// The per-(sample, group) algebra's inputs (group_coefficients.h): statistics per (n, g), the
+// affine parameters per channel (nullptr: weight 1, bias 0) and the sizes.
+template <typename acc_t>
+struct GroupCoefficientArgs {
+  const acc_t* mean;  // N * groups
+  const acc_t* rstd;  // N * groups
+  const acc_t* weight;
+  const acc_t* bias;
+  int64_t batch;
+  int64_t channels;
+  int64_t groups;
+
+  FBN_HOST_DEVICE int64_t channels_per_group() const { return channels / groups; }
+};
+
+// The forward's per-(sample, channel) arrays (N * C values each), carved from one workspace
+// allocation: the apply pass's scale = weight * rstd and shift = bias - mean * scale.
+constexpr int64_t kGroupForwardArrays = 2;
+template <typename acc_t>
+struct GroupForwardArrays {
+  acc_t* scale;
+  acc_t* shift;
+
+  static GroupForwardArrays carve(acc_t* workspace, int64_t per_array) {
+    return {workspace, workspace + per_array};
+  }
+};
+
+// The backward's per-(sample, channel) arrays, likewise from one workspace: the rebuild
+// coefficients both passes read (mean, scale = weight * rstd, which is also the elementwise
+// pass's coef_g, and bias), the reduction's sums, and the elementwise pass's other coefficients.
+constexpr int64_t kGroupBackwardArrays = 7;
+template <typename acc_t>
+struct GroupBackwardArrays {
+  acc_t* mean;
+  acc_t* scale;
+  acc_t* bias;
+  acc_t* sum_g;
+  acc_t* sum_g_xc;
+  acc_t* coef_xc;
+  acc_t* coef_const;
+
+  static GroupBackwardArrays carve(acc_t* workspace, int64_t per_array) {
+    acc_t* p = workspace;
+    return {p, p + per_array, p + 2 * per_array, p + 3 * per_array, p + 4 * per_array, p + 5 * per_array,
+            p + 6 * per_array};
+  }
+
+  // The two passes' kernel arguments over these arrays (residual, grad_residual: nullptr when absent).
+  template <typename scalar_t>
+  ReduceArgs<scalar_t, acc_t> reduce_args(const scalar_t* grad_out, const scalar_t* saved, const scalar_t* residual,
+                                          acc_t param, const BnShape& shape) const {
+    return {grad_out, saved, residual, mean, scale, bias, sum_g, sum_g_xc, param, shape};
+  }
+  // coef_g = weight * rstd: the rebuild scale.
+  template <typename scalar_t>
+  ElemtArgs<scalar_t, acc_t> elemt_args(const scalar_t* grad_out, const scalar_t* saved, const scalar_t* residual,
+                                        scalar_t* grad_input, scalar_t* grad_residual, acc_t param,
+                                        const BnShape& shape) const {
+    return {grad_out, saved,      residual,   mean,          scale, bias, scale,
+            coef_xc,  coef_const, grad_input, grad_residual, param, shape};
+  }
 };
 
 }  // namespace pyfusedbn

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "../dispatch.h"
+#include "../group_coefficients.h"
 #include "../group_norm_act_ops.h"
 #include "../kernel_calls.h"
 #include "binding_utils.h"
@@ -21,24 +22,32 @@ acc_t* cache_ptr(const BackwardCoefficients& k) {
   return k.grad_cache.defined() ? k.grad_cache.data_ptr<acc_t>() : nullptr;
 }
 
+// The per-(sample, group) steps run group_coefficients.h's host loops: not kernels, so not counted.
 struct CpuGroupBackend {
-  static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, Tensor& mean, Tensor& var) {
+  // mean, rstd and the apply pass's scale / shift (the workspace): the kernel writes var into
+  // rstd, which the coefficient loop then turns into rstd in place.
+  static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, double eps,
+                          const GroupAffine& affine, Tensor& mean, Tensor& rstd, const Tensor& workspace) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_stats_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      cpu::group_stats_kernel(GroupStatsArgs<scalar_t, acc_t>{
-          x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var.data_ptr<acc_t>(), shape, groups});
+      acc_t* var = rstd.data_ptr<acc_t>();
+      cpu::group_stats_kernel(
+          GroupStatsArgs<scalar_t, acc_t>{x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var, shape, groups});
+      const auto a = coefficient_args<acc_t>(mean, rstd, affine, shape, groups);
+      group_forward_coefficients(a.mean, var, eps, a.weight, a.bias, shape.batch, shape.channels, groups, var,
+                                 forward_arrays<acc_t>(workspace, shape.batch * shape.channels));
     });
   }
 
-  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& scale, const Tensor& shift,
-                    ActKind act, double param, Tensor& out, const BnShape& shape) {
+  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& workspace, ActKind act, double param,
+                    Tensor& out, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_apply_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
-                                            scale.data_ptr<acc_t>(), shift.data_ptr<acc_t>(),
-                                            out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
+      const auto f = forward_arrays<acc_t>(workspace, shape.batch * shape.channels);
+      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), f.scale,
+                                            f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         cpu::group_apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
       });
@@ -52,17 +61,22 @@ struct CpuGroupBackend {
     return cache ? at::from_blob(cache, {x.numel()}, x.options().dtype(acc)) : Tensor();
   }
 
+  static void backward_prepare(const Tensor& mean, const Tensor& rstd, const GroupAffine& affine,
+                               const BnShape& shape, int64_t groups, const BackwardCoefficients& k) {
+    AT_DISPATCH_FLOATING_TYPES(rstd.scalar_type(), "group_norm_backward_prepare_cpu", [&] {
+      group_backward_prepare(coefficient_args<scalar_t>(mean, rstd, affine, shape, groups), k.arrays<scalar_t>());
+    });
+  }
+
   static void backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
                               const BackwardCoefficients& k, ActKind act, double param, bool from_output,
-                              Tensor& sum_g, Tensor& sum_g_xc, const BnShape& shape) {
+                              const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_backward_reduce_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const ReduceArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(),  saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
-          k.mean.data_ptr<acc_t>(), k.scale.data_ptr<acc_t>(),  k.bias.data_ptr<acc_t>(),
-          sum_g.data_ptr<acc_t>(),  sum_g_xc.data_ptr<acc_t>(), static_cast<acc_t>(param),
-          shape};
+      const auto args = k.arrays<acc_t>().reduce_args(dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(),
+                                                      ptr_or_null<scalar_t>(residual), static_cast<acc_t>(param),
+                                                      shape);
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         cpu::group_reduce_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(
             args, cache_ptr<acc_t>(k));
@@ -70,21 +84,24 @@ struct CpuGroupBackend {
     });
   }
 
+  static void backward_finalize(const Tensor& rstd, const GroupAffine& affine, const BnShape& shape, int64_t groups,
+                                double count, const BackwardCoefficients& k, Tensor& grad_weight, Tensor& grad_bias) {
+    AT_DISPATCH_FLOATING_TYPES(rstd.scalar_type(), "group_norm_backward_finalize_cpu", [&] {
+      group_backward_finalize(coefficient_args<scalar_t>(Tensor(), rstd, affine, shape, groups), k.arrays<scalar_t>(),
+                              count, grad_weight.data_ptr<scalar_t>(), grad_bias.data_ptr<scalar_t>());
+    });
+  }
+
   static void backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
-                             const BackwardCoefficients& k, const Tensor& coef_g, const Tensor& coef_xc,
-                             const Tensor& coef_const, ActKind act, double param, bool from_output,
+                             const BackwardCoefficients& k, ActKind act, double param, bool from_output,
                              Tensor& grad_input, Tensor& grad_residual, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_backward_elemt_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const ElemtArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(),        saved.data_ptr<scalar_t>(),
-          ptr_or_null<scalar_t>(residual), k.mean.data_ptr<acc_t>(),
-          k.scale.data_ptr<acc_t>(),      k.bias.data_ptr<acc_t>(),
-          coef_g.data_ptr<acc_t>(),       coef_xc.data_ptr<acc_t>(),
-          coef_const.data_ptr<acc_t>(),   grad_input.data_ptr<scalar_t>(),
-          residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
-          static_cast<acc_t>(param),      shape};
+      const auto args = k.arrays<acc_t>().elemt_args(
+          dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+          grad_input.data_ptr<scalar_t>(), residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
+          static_cast<acc_t>(param), shape);
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         cpu::group_elemt_kernel<decltype(activation), decltype(has_res)::value, decltype(from_out)::value>(
             args, cache_ptr<acc_t>(k));

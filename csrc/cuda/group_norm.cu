@@ -2,13 +2,16 @@
 // per-(sample, channel) coefficients, and the backward's per-(sample, channel) sums.
 //
 // Statistics: one 256-thread block per (sample, group), Welford per thread, Chan merges over the
-// block (block_merge.cuh). In NCHW a group is one contiguous run; in NHWC (the diffusion-UNet
-// layout) it is D = C / G channels of each of the sample's rows, walked row by row so a warp
-// reads whole D-channel runs of consecutive rows.
+// block (block_merge.cuh); the block then writes its group's rstd and the apply pass's
+// per-channel scale / shift (group_coefficients.h), so the forward is two launches. In NCHW a
+// group is one contiguous run; in NHWC (the diffusion-UNet layout) it is D = C / G channels of
+// each of the sample's rows, walked row by row so a warp reads whole D-channel runs of
+// consecutive rows.
 // Elementwise: a grid-stride loop over kVec-wide vectors (16 bytes when the contiguous dimension
 // and every pointer allow it); the coefficient index is the vector's (n, c).
 // Backward sums: NCHW one block per (n, c) plane; NHWC one block per (n, 32-channel tile),
 // x along channels (coalesced), y along the sample's rows.
+#include "../group_coefficients.h"
 #include "block_merge.cuh"
 #include "group_norm_device_utils.cuh"
 #include "group_norm_kernels.cuh"
@@ -26,27 +29,42 @@ __device__ __forceinline__ int64_t group_offset(const GroupStatsArgs<scalar_t, a
   return (n * S + j / D) * C + g * D + j % D;
 }
 
+// One block per (n, g) (grid-stride over them past the grid's limit): Welford over the group,
+// then mean, rstd, and the group's D scale / shift values written by the block's threads.
 template <typename scalar_t, typename acc_t>
-__global__ void group_stats_kernel(GroupStatsArgs<scalar_t, acc_t> a) {
-  const int64_t ng = blockIdx.x;
-  const int64_t len = a.channels_per_group() * a.shape.spatial;
+__global__ void group_stats_kernel(GroupStatsArgs<scalar_t, acc_t> a, GroupForwardOutputs<acc_t> out) {
+  __shared__ acc_t group_mean, group_rstd_value;
+  const int64_t len = a.channels_per_group() * a.shape.spatial, groups = a.shape.batch * a.groups;
+  const int64_t D = a.channels_per_group(), C = a.shape.channels;
   const int tid = threadIdx.y * blockDim.x + threadIdx.x, threads = blockDim.x * blockDim.y;
-  MeanM2<acc_t> acc{0, 0, 0};
-  for (int64_t j0 = tid; j0 < len; j0 += static_cast<int64_t>(kGroupUnroll) * threads) {
-    acc_t x[kGroupUnroll];
+  for (int64_t ng = blockIdx.x; ng < groups; ng += gridDim.x) {
+    MeanM2<acc_t> acc{0, 0, 0};
+    for (int64_t j0 = tid; j0 < len; j0 += static_cast<int64_t>(kGroupUnroll) * threads) {
+      acc_t x[kGroupUnroll];
 #pragma unroll
-    for (int u = 0; u < kGroupUnroll; ++u) {
-      const int64_t j = j0 + static_cast<int64_t>(u) * threads;
-      if (j < len) x[u] = to_acc<acc_t>(a.input[group_offset(a, ng, j)]);
+      for (int u = 0; u < kGroupUnroll; ++u) {
+        const int64_t j = j0 + static_cast<int64_t>(u) * threads;
+        if (j < len) x[u] = to_acc<acc_t>(a.input[group_offset(a, ng, j)]);
+      }
+#pragma unroll
+      for (int u = 0; u < kGroupUnroll; ++u)
+        if (j0 + static_cast<int64_t>(u) * threads < len) welford_add(acc, x[u]);
     }
-#pragma unroll
-    for (int u = 0; u < kGroupUnroll; ++u)
-      if (j0 + static_cast<int64_t>(u) * threads < len) welford_add(acc, x[u]);
-  }
-  acc = merge_over_block(acc, 1);
-  if (tid == 0) {
-    a.mean[ng] = acc.mean;
-    a.var[ng] = acc.m2 / static_cast<acc_t>(len);
+    acc = merge_over_block(acc, 1);  // (starts with a barrier: the last group's readers are done)
+    if (tid == 0) {
+      const acc_t rstd = group_rstd(acc.m2 / static_cast<acc_t>(len), out.eps);
+      a.mean[ng] = acc.mean;
+      out.rstd[ng] = rstd;
+      group_mean = acc.mean;
+      group_rstd_value = rstd;
+    }
+    __syncthreads();
+    const int64_t first = (ng / a.groups) * C, c0 = (ng % a.groups) * D;
+    for (int64_t j = tid; j < D; j += threads) {
+      const ScaleShift<acc_t> s = group_scale_shift(group_mean, group_rstd_value, out.weight, out.bias, c0 + j);
+      out.arrays.scale[first + c0 + j] = s.scale;
+      out.arrays.shift[first + c0 + j] = s.shift;
+    }
   }
 }
 
@@ -147,9 +165,12 @@ unsigned elementwise_blocks(int64_t vectors, int num_sms) {
 }  // namespace
 
 template <typename scalar_t, typename acc_t>
-void launch_group_stats(const GroupStatsArgs<scalar_t, acc_t>& args, const LaunchContext& ctx) {
+void launch_group_stats(const GroupStatsArgs<scalar_t, acc_t>& args, const GroupForwardOutputs<acc_t>& out,
+                        const LaunchContext& ctx) {
   const int64_t groups = args.shape.batch * args.groups;
-  group_stats_kernel<<<static_cast<unsigned>(groups), dim3(32, kBlockThreads / 32), 0, ctx.stream>>>(args);
+  if (groups == 0) return;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(groups, kMaxGridX));
+  group_stats_kernel<<<blocks, dim3(32, kBlockThreads / 32), 0, ctx.stream>>>(args, out);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -195,7 +216,8 @@ void launch_group_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind
 }
 
 #define FBN_INSTANTIATE_GROUP(scalar_t, acc_t)                                                                \
-  template void launch_group_stats<scalar_t, acc_t>(const GroupStatsArgs<scalar_t, acc_t>&, const LaunchContext&); \
+  template void launch_group_stats<scalar_t, acc_t>(const GroupStatsArgs<scalar_t, acc_t>&,                  \
+                                                    const GroupForwardOutputs<acc_t>&, const LaunchContext&); \
   template void launch_group_apply<scalar_t, acc_t>(const ApplyArgs<scalar_t, acc_t>&, ActKind,               \
                                                     const LaunchContext&);                                    \
   template void launch_group_backward_reduce<scalar_t, acc_t>(const ReduceArgs<scalar_t, acc_t>&, ActKind,    \

@@ -12,6 +12,9 @@ namespace cuda {
 // Statistics: values each thread loads before merging them (loads in flight per thread).
 constexpr int kGroupUnroll = 4;
 
+// CUDA's limit on gridDim.x: kernels with one block per item grid-stride past it.
+constexpr int64_t kMaxGridX = 2147483647;
+
 // Loads kVec values from p (aligned to the vector's size: vector_width checked it) into acc_t.
 template <int kVec, typename acc_t, typename scalar_t>
 __device__ __forceinline__ void group_load_acc(const scalar_t* p, acc_t (&out)[kVec]) {
