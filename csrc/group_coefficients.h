@@ -47,9 +47,8 @@ FBN_HOST_DEVICE ScaleShift<acc_t> group_scale_shift(acc_t mean, acc_t rstd, cons
 // Per (n, c): the backward passes' rebuild coefficients mean, scale = weight * rstd, bias.
 template <typename acc_t>
 FBN_HOST_DEVICE void group_backward_prepare_at(const GroupCoefficientArgs<acc_t>& a,
-                                               const GroupBackwardArrays<acc_t>& k, int64_t nc) {
-  const int64_t c = nc % a.channels;
-  const int64_t ng = (nc / a.channels) * a.groups + c / a.channels_per_group();
+                                               const GroupBackwardArrays<acc_t>& k, int64_t n, int64_t c) {
+  const int64_t nc = n * a.channels + c, ng = n * a.groups + c / a.channels_per_group();
   k.mean[nc] = a.mean[ng];
   k.scale[nc] = weight_at(a.weight, c) * a.rstd[ng];
   k.bias[nc] = bias_at(a.bias, c);
@@ -141,7 +140,8 @@ void group_forward_coefficients(const acc_t* mean, const acc_t* var, double eps,
 // Backward, before the passes.
 template <typename acc_t>
 void group_backward_prepare(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k) {
-  for (int64_t nc = 0; nc < a.batch * a.channels; ++nc) group_backward_prepare_at(a, k, nc);
+  for (int64_t n = 0; n < a.batch; ++n)
+    for (int64_t c = 0; c < a.channels; ++c) group_backward_prepare_at(a, k, n, c);
 }
 
 // Backward, between the passes: parameter gradients (C values) and elementwise coefficients;

@@ -33,7 +33,7 @@ __global__ void group_backward_prepare_kernel(GroupCoefficientArgs<acc_t> a, Gro
   const int64_t items = a.batch * a.channels;
   for (int64_t nc = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; nc < items;
        nc += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    group_backward_prepare_at(a, k, nc);
+    group_backward_prepare_at(a, k, nc / a.channels, nc % a.channels);
 }
 
 // Block `block` = (tile, part) of the parameter gradients: channel tile * 32 + x, the part's
