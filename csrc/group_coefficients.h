@@ -2,7 +2,7 @@
 // coefficients the elementwise kernels take per (sample, channel) and the parameter gradients.
 // Each formula is a per-item FBN_HOST_DEVICE function; the host loops at the bottom call them for
 // CPU tensors, and the CUDA kernels (cuda/group_coefficients.cu, the end of group_stats_kernel in
-// cuda/group_norm.cu) call them one thread per item. These are a few thousand values: as ~20
+// cuda/group_norm.cu) call them one thread per item. Usually a few thousand values: as ~20
 // small tensor ops they cost more than the kernels themselves (~35 us of a 50 us CPU op, a launch
 // each on a GPU). The sums run in double on both devices.
 #pragma once
