@@ -38,8 +38,18 @@ double empty_group_rstd(double eps, at::ScalarType acc) {
   return acc == at::kDouble ? group_rstd(0.0, eps) : static_cast<double>(group_rstd(0.0f, eps));
 }
 
-Tensor group_workspace(int64_t arrays, int64_t batch, int64_t channels, const Tensor& like, at::ScalarType acc) {
-  return at::empty({arrays * batch * channels}, like.options().dtype(acc));
+GroupWorkspace group_workspace(int64_t arrays, int64_t batch, int64_t channels, const Tensor& like,
+                               at::ScalarType acc) {
+  const int64_t per_array = batch * channels;
+  const auto options = like.options().dtype(acc);
+  const bool split = like.is_cpu() && arrays * per_array * c10::elementSize(acc) > kSplitWorkspaceBytes;
+  GroupWorkspace workspace{{}, per_array};
+  if (!split) {
+    workspace.parts.push_back(at::empty({arrays * per_array}, options));
+    return workspace;
+  }
+  for (int64_t i = 0; i < arrays; ++i) workspace.parts.push_back(at::empty({per_array}, options));
+  return workspace;
 }
 
 }  // namespace pyfusedbn

@@ -50,8 +50,10 @@ struct GroupForwardArrays {
   acc_t* scale;
   acc_t* shift;
 
-  static GroupForwardArrays carve(acc_t* workspace, int64_t per_array) {
-    return {workspace, workspace + per_array};
+  // From array(i), the i-th workspace array's pointer.
+  template <typename ArrayAt>
+  static GroupForwardArrays from(ArrayAt array) {
+    return {array(0), array(1)};
   }
 };
 
@@ -69,10 +71,9 @@ struct GroupBackwardArrays {
   acc_t* coef_xc;
   acc_t* coef_const;
 
-  static GroupBackwardArrays carve(acc_t* workspace, int64_t per_array) {
-    acc_t* p = workspace;
-    return {p, p + per_array, p + 2 * per_array, p + 3 * per_array, p + 4 * per_array, p + 5 * per_array,
-            p + 6 * per_array};
+  template <typename ArrayAt>
+  static GroupBackwardArrays from(ArrayAt array) {
+    return {array(0), array(1), array(2), array(3), array(4), array(5), array(6)};
   }
 
   // The two passes' kernel arguments over these arrays (residual, grad_residual: nullptr when absent).

@@ -27,7 +27,7 @@ struct CpuGroupBackend {
   // mean, rstd and the apply pass's scale / shift (the workspace): the kernel writes var into
   // rstd, which the coefficient loop then turns into rstd in place.
   static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, double eps,
-                          const GroupAffine& affine, Tensor& mean, Tensor& rstd, const Tensor& workspace) {
+                          const GroupAffine& affine, Tensor& mean, Tensor& rstd, const GroupWorkspace& workspace) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_stats_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
@@ -36,16 +36,16 @@ struct CpuGroupBackend {
           GroupStatsArgs<scalar_t, acc_t>{x.data_ptr<scalar_t>(), mean.data_ptr<acc_t>(), var, shape, groups});
       const auto a = coefficient_args<acc_t>(mean, rstd, affine, shape, groups);
       group_forward_coefficients(a.mean, var, eps, a.weight, a.bias, shape.batch, shape.channels, groups, var,
-                                 forward_arrays<acc_t>(workspace, shape.batch * shape.channels));
+                                 forward_arrays<acc_t>(workspace));
     });
   }
 
-  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& workspace, ActKind act, double param,
+  static void apply(const Tensor& x, const OptTensor& residual, const GroupWorkspace& workspace, ActKind act, double param,
                     Tensor& out, const BnShape& shape) {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_apply_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const auto f = forward_arrays<acc_t>(workspace, shape.batch * shape.channels);
+      const auto f = forward_arrays<acc_t>(workspace);
       const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), f.scale,
                                             f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {

@@ -26,7 +26,7 @@ using namespace cuda_binding;
 struct CudaGroupBackend {
   // mean, rstd and the apply pass's scale / shift, in the statistics kernel (var stays internal).
   static void group_stats(const Tensor& x, const BnShape& shape, int64_t groups, double eps,
-                          const GroupAffine& affine, Tensor& mean, Tensor& rstd, const Tensor& workspace) {
+                          const GroupAffine& affine, Tensor& mean, Tensor& rstd, const GroupWorkspace& workspace) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(x.device());
     const auto ctx = launch_context(x);
@@ -37,13 +37,13 @@ struct CudaGroupBackend {
           GroupStatsArgs<typename CudaScalar<scalar_t>::type, acc_t>{device_ptr<scalar_t>(x), mean.data_ptr<acc_t>(),
                                                                      nullptr, shape, groups},
           cuda::GroupForwardOutputs<acc_t>{a.weight, a.bias, eps, rstd.data_ptr<acc_t>(),
-                                           forward_arrays<acc_t>(workspace, shape.batch * shape.channels)},
+                                           forward_arrays<acc_t>(workspace)},
           ctx);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
-  static void apply(const Tensor& x, const OptTensor& residual, const Tensor& workspace, ActKind act, double param,
+  static void apply(const Tensor& x, const OptTensor& residual, const GroupWorkspace& workspace, ActKind act, double param,
                     Tensor& out, const BnShape& shape) {
     count_kernel_call(KernelDevice::CUDA);
     const c10::cuda::CUDAGuard guard(x.device());
@@ -51,7 +51,7 @@ struct CudaGroupBackend {
     FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_apply_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using cuda_t = typename CudaScalar<scalar_t>::type;
-      const auto f = forward_arrays<acc_t>(workspace, shape.batch * shape.channels);
+      const auto f = forward_arrays<acc_t>(workspace);
       cuda::launch_group_apply(ApplyArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), device_ptr_or_null<scalar_t>(residual),
                                                         f.scale, f.shift, device_ptr<scalar_t>(out),
                                                         static_cast<acc_t>(param), shape},
