@@ -59,3 +59,23 @@ def test_empty_batch():
     out = pyfusedbn.group_norm_act(x, 2)
     out.sum().backward()
     assert out.shape == x.shape and x.grad.shape == x.shape
+
+
+def test_workspace_split_per_array(generator):
+    """LayerNorm2d over (2, 64, 100, 100): 20000 rows of 64, whose 7 backward arrays (36 MB) are
+    past kSplitWorkspaceBytes, so the CPU workspace is one allocation per array."""
+    shape = (2, 64, 100, 100)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    dy = torch.randn(shape, generator=generator, dtype=torch.float64)
+    weight = torch.rand(64, generator=generator, dtype=torch.float64) + 0.5
+    bias = torch.randn(64, generator=generator, dtype=torch.float64)
+    leaves = [t.float().requires_grad_() for t in (x, weight, bias)]
+    out = pyfusedbn.layer_norm_act_2d(*leaves, EPS, "silu")
+    out.backward(dy.float())
+    ref_leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    rows = torch.nn.functional.layer_norm(ref_leaves[0].permute(0, 2, 3, 1), (64,), ref_leaves[1], ref_leaves[2], EPS)
+    ref = torch.nn.functional.silu(rows.permute(0, 3, 1, 2))
+    ref.backward(dy)
+    assert_close("output", out, ref, 1e-5)
+    for name, got, want in zip(("grad_input", "grad_weight", "grad_bias"), leaves, ref_leaves):
+        assert_close(name, got.grad, want.grad, 1e-5)
