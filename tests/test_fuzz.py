@@ -69,11 +69,8 @@ def lay_out(values, layout, offset):
 
 
 @st.composite
-def cases(draw):
-    shape = draw(shapes())
-    training = draw(st.booleans())
-    if training and shape[0] * _spatial(shape) == 1:
-        shape = (2,) + shape[1:]  # training needs more than one value per channel
+def activations(draw):
+    """(activation, its parameter or None), the parameter from PARAM_RANGES."""
     activation = draw(st.sampled_from(sorted(ACTIVATIONS)))
     param = None
     if activation in PARAM_RANGES:
@@ -81,6 +78,16 @@ def cases(draw):
         param = draw(st.floats(low, high))
         if activation == "softplus" and draw(st.booleans()):
             param = -param
+    return activation, param
+
+
+@st.composite
+def cases(draw):
+    shape = draw(shapes())
+    training = draw(st.booleans())
+    if training and shape[0] * _spatial(shape) == 1:
+        shape = (2,) + shape[1:]  # training needs more than one value per channel
+    activation, param = draw(activations())
     return {
         "shape": shape, "training": training, "activation": activation, "param": param,
         "dtype": draw(st.sampled_from(DTYPES)),

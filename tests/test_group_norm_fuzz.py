@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import pyfusedbn
 from helpers import DTYPES, TOLERANCE, assert_close, near_kink, param_dtype
-from pyfusedbn.activations import ACTIVATIONS, torch_activation
+from pyfusedbn.activations import torch_activation
 from test_fuzz import DEVICES, GRAD_LAYOUTS, KINK_MARGIN, DEFAULT_KINK_MARGIN, LAYOUTS, MAX_CANCELLATION, \
-    MAX_SLOPE, PARAM_RANGES, lay_out
+    MAX_SLOPE, activations, lay_out
 
 SIZES = (1, 1, 2, 3, 5, 7, 11)
 GROUP_COUNTS = (1, 2, 3, 5)
@@ -44,13 +44,7 @@ def shapes(draw):
 @st.composite
 def cases(draw):
     shape, groups = draw(shapes())
-    activation = draw(st.sampled_from(sorted(ACTIVATIONS)))
-    param = None
-    if activation in PARAM_RANGES:
-        low, high = PARAM_RANGES[activation]
-        param = draw(st.floats(low, high))
-        if activation == "softplus" and draw(st.booleans()):
-            param = -param
+    activation, param = draw(activations())
     return {
         "shape": shape, "groups": groups, "activation": activation, "param": param,
         "dtype": draw(st.sampled_from(DTYPES)),
@@ -97,26 +91,61 @@ def term_scales(x, residual, weight, bias, groups, dy):
     }
 
 
-def check(case, device):
-    shape, groups, dtype = case["shape"], case["groups"], case["dtype"]
+def make_inputs(case, device, running=False):
+    """weight and bias (None unless affine), running mean and var (None unless running), x,
+    residual (None unless the case has one) and dy, drawn in that order from the case's seed."""
+    shape, dtype = case["shape"], case["dtype"]
     g = torch.Generator().manual_seed(case["seed"])
     channels, pdtype = shape[1], param_dtype(dtype)
 
     def values(mean=0.0):
         return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + mean).to(dtype).to(device)
 
-    weight = bias = None
+    def per_channel(draw, scale, offset):
+        return (draw(channels, generator=g, dtype=torch.float64) * scale + offset).to(pdtype).to(device)
+
+    weight = bias = running_mean = running_var = None
     if case["affine"]:
-        weight = (torch.rand(channels, generator=g, dtype=torch.float64) * 1.5 + 0.25).to(pdtype).to(device)
-        bias = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
-        weight.requires_grad_(), bias.requires_grad_()
+        weight = per_channel(torch.rand, 1.5, 0.25).requires_grad_()
+        bias = per_channel(torch.randn, 1.0, 0.0).requires_grad_()
+    if running:
+        running_mean, running_var = per_channel(torch.randn, 1.0, 0.0), per_channel(torch.rand, 1.0, 0.25)
     x = lay_out(values(mean=1.0), case["layout"], case["offset"]).requires_grad_()
-    if dtype == torch.float32:
-        assume(cancellation(x, groups) <= MAX_CANCELLATION)
     residual = None
     if case["residual"] is not None:
         residual = lay_out(values(), case["residual"], case["offset"]).requires_grad_()
     dy = lay_out(values(), case["grad_layout"], case["offset"])
+    return weight, bias, running_mean, running_var, x, residual, dy
+
+
+def leaf64(t):
+    return None if t is None else t.detach().cpu().double().requires_grad_()
+
+
+def assert_gradients(where, tol, scale, near, set_near, ours, references):
+    """Gradients of (x, residual, weight, bias) against the float64 references'. Which side of a
+    kink an element takes is a matter of rounding: a set of values one statistic is over (set_near:
+    a group, an instance, a position) with an element there is left out of grad input, since its
+    every element reads the set's sums; a channel with one, out of the parameter gradients."""
+    x, residual, weight, bias = ours
+    x64, res64, w64, b64 = references
+    keep = ~set_near
+    assert_close(f"{where}: grad input", x.grad.cpu()[keep], x64.grad[keep], tol, scale["grad input"])
+    if residual is not None:
+        assert_close(f"{where}: grad residual", residual.grad.cpu()[~near], res64.grad[~near], tol)
+    if weight is not None:
+        channel_keep = ~near.transpose(0, 1).reshape(x.shape[1], -1).any(dim=1)
+        assert_close(f"{where}: grad weight", weight.grad.cpu()[channel_keep], w64.grad[channel_keep], tol,
+                     scale["grad weight"])
+        assert_close(f"{where}: grad bias", bias.grad.cpu()[channel_keep], b64.grad[channel_keep], tol,
+                     scale["grad bias"])
+
+
+def check(case, device):
+    shape, groups, dtype = case["shape"], case["groups"], case["dtype"]
+    weight, bias, _, _, x, residual, dy = make_inputs(case, device)
+    if dtype == torch.float32:
+        assume(cancellation(x, groups) <= MAX_CANCELLATION)
     where = f"{case}"
 
     call = lambda: pyfusedbn.group_norm_act(x, groups, weight, bias, EPS, case["activation"], case["param"], residual)
@@ -127,8 +156,7 @@ def check(case, device):
     y = call()
     y.backward(dy)
 
-    leaf = lambda t: None if t is None else t.detach().cpu().double().requires_grad_()
-    x64, res64, w64, b64 = leaf(x), leaf(residual), leaf(weight), leaf(bias)
+    x64, res64, w64, b64 = leaf64(x), leaf64(residual), leaf64(weight), leaf64(bias)
     z64 = F.group_norm(x64, groups, w64, b64, EPS)
     if res64 is not None:
         z64 = z64 + res64
@@ -139,23 +167,10 @@ def check(case, device):
     tol = TOLERANCE[dtype]
     assert y.dtype == dtype and y.shape == x.shape, where
     assert_close(f"{where}: output", y, y64, tol, scale["output"])
-    # Which side of a kink an element takes is a matter of rounding: a group with an element
-    # there is left out of grad input (its every element reads the group's sums), a channel
-    # with one out of the parameter gradients.
-    margin = KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN)
-    near = near_kink(case["activation"], z64.detach(), margin)
-    n = shape[0]
-    group_near = per_group(near, groups).any(dim=2, keepdim=True).expand(n, groups, near[0].numel() // groups)
-    keep = ~group_near.reshape(shape)
-    assert_close(f"{where}: grad input", x.grad.cpu()[keep], x64.grad[keep], tol, scale["grad input"])
-    if residual is not None:
-        assert_close(f"{where}: grad residual", residual.grad.cpu()[~near], res64.grad[~near], tol)
-    if weight is not None:
-        channel_keep = ~near.transpose(0, 1).reshape(channels, -1).any(dim=1)
-        assert_close(f"{where}: grad weight", weight.grad.cpu()[channel_keep], w64.grad[channel_keep], tol,
-                     scale["grad weight"])
-        assert_close(f"{where}: grad bias", bias.grad.cpu()[channel_keep], b64.grad[channel_keep], tol,
-                     scale["grad bias"])
+    near = near_kink(case["activation"], z64.detach(), KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN))
+    group_near = per_group(near, groups).any(dim=2, keepdim=True).expand(shape[0], groups, near[0].numel() // groups)
+    assert_gradients(where, tol, scale, near, group_near.reshape(shape), (x, residual, weight, bias),
+                     (x64, res64, w64, b64))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -192,31 +207,15 @@ def reference_instance_or_layer(case, x, weight, bias, running_mean, running_var
 
 def check_instance_or_layer(case, device):
     shape, dtype, norm = case["shape"], case["dtype"], case["norm"]
-    g = torch.Generator().manual_seed(case["seed"])
     channels, pdtype = shape[1], param_dtype(dtype)
-
-    def values(mean=0.0):
-        return (torch.randn(shape, generator=g, dtype=torch.float64) * 2 + mean).to(dtype).to(device)
-
-    weight = bias = running_mean = running_var = None
-    if case["affine"]:
-        weight = (torch.rand(channels, generator=g, dtype=torch.float64) * 1.5 + 0.25).to(pdtype).to(device)
-        bias = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
-        weight.requires_grad_(), bias.requires_grad_()
-    if norm == "instance" and case["running"]:
-        running_mean = torch.randn(channels, generator=g, dtype=torch.float64).to(pdtype).to(device)
-        running_var = (torch.rand(channels, generator=g, dtype=torch.float64) + 0.25).to(pdtype).to(device)
-    x = lay_out(values(mean=1.0), case["layout"], case["offset"]).requires_grad_()
+    weight, bias, running_mean, running_var, x, residual, dy = make_inputs(
+        case, device, running=norm == "instance" and case["running"])
     # The values each statistic is over, as the last dimension.
     sets = (lambda t: t.flatten(2)) if norm == "instance" else (lambda t: t.movedim(1, -1))
     if dtype == torch.float32:
         x64 = sets(x.detach().cpu().double())
         spread = torch.rsqrt(x64.var(dim=-1, unbiased=False) + EPS)
         assume((x64.abs().amax(dim=-1) * spread).max().item() <= MAX_CANCELLATION)
-    residual = None
-    if case["residual"] is not None:
-        residual = lay_out(values(), case["residual"], case["offset"]).requires_grad_()
-    dy = lay_out(values(), case["grad_layout"], case["offset"])
     stats64 = [None if t is None else t.detach().cpu().double() for t in (running_mean, running_var)]
     where = f"{case}"
 
@@ -227,8 +226,7 @@ def check_instance_or_layer(case, device):
         y = pyfusedbn.layer_norm_act_2d(x, weight, bias, EPS, case["activation"], case["param"], residual)
     y.backward(dy)
 
-    leaf = lambda t: None if t is None else t.detach().cpu().double().requires_grad_()
-    x64, res64, w64, b64 = leaf(x), leaf(residual), leaf(weight), leaf(bias)
+    x64, res64, w64, b64 = leaf64(x), leaf64(residual), leaf64(weight), leaf64(bias)
     z64 = reference_instance_or_layer(case, x64, w64, b64, *stats64)
     if res64 is not None:
         z64 = z64 + res64
@@ -250,23 +248,12 @@ def check_instance_or_layer(case, device):
         stats_tol = TOLERANCE[pdtype]
         assert_close(f"{where}: running_mean", running_mean, stats64[0], stats_tol)
         assert_close(f"{where}: running_var", running_var, stats64[1], stats_tol)
-    margin = KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN)
-    near = near_kink(case["activation"], z64.detach(), margin)
-    # An element near a kink leaves out its whole set (instance or position) from grad input.
+    near = near_kink(case["activation"], z64.detach(), KINK_MARGIN.get(dtype, DEFAULT_KINK_MARGIN))
     if norm == "instance":
         set_near = near.flatten(2).any(dim=2).reshape(shape[:2] + (1,) * (len(shape) - 2)).expand(shape)
     else:
         set_near = near.any(dim=1, keepdim=True).expand(shape)
-    keep = ~set_near
-    assert_close(f"{where}: grad input", x.grad.cpu()[keep], x64.grad[keep], tol, scale["grad input"])
-    if residual is not None:
-        assert_close(f"{where}: grad residual", residual.grad.cpu()[~near], res64.grad[~near], tol)
-    if weight is not None:
-        channel_keep = ~near.transpose(0, 1).reshape(channels, -1).any(dim=1)
-        assert_close(f"{where}: grad weight", weight.grad.cpu()[channel_keep], w64.grad[channel_keep], tol,
-                     scale["grad weight"])
-        assert_close(f"{where}: grad bias", bias.grad.cpu()[channel_keep], b64.grad[channel_keep], tol,
-                     scale["grad bias"])
+    assert_gradients(where, tol, scale, near, set_near, (x, residual, weight, bias), (x64, res64, w64, b64))
 
 
 @pytest.mark.parametrize("device", DEVICES)
