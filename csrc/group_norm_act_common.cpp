@@ -25,13 +25,9 @@ void check_per_group(const Tensor& t, const char* name, const Tensor& input, int
                    " must be a floating-point tensor, got ", t.scalar_type());
 }
 
-GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, at::ScalarType acc) {
-  auto values = [acc](const OptTensor& t) { return t.has_value() ? as_acc_contiguous(*t, acc) : Tensor(); };
+GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, const Tensor& input) {
+  auto values = [&input](const OptTensor& t) { return t.has_value() ? as_acc(*t, input) : Tensor(); };
   return {values(weight), values(bias)};
-}
-
-Tensor as_acc_contiguous(const Tensor& t, at::ScalarType acc) {
-  return t.scalar_type() == acc ? t.contiguous() : t.to(acc).contiguous();
 }
 
 double empty_group_rstd(double eps, at::ScalarType acc) {
@@ -44,11 +40,8 @@ GroupWorkspace group_workspace(int64_t arrays, int64_t batch, int64_t channels, 
   const auto options = like.options().dtype(acc);
   const bool split = like.is_cpu() && arrays * per_array * c10::elementSize(acc) > kSplitWorkspaceBytes;
   GroupWorkspace workspace{{}, per_array};
-  if (!split) {
-    workspace.parts.push_back(at::empty({arrays * per_array}, options));
-    return workspace;
-  }
-  for (int64_t i = 0; i < arrays; ++i) workspace.parts.push_back(at::empty({per_array}, options));
+  for (int64_t i = 0; i < (split ? arrays : 1); ++i)
+    workspace.parts.push_back(at::empty({split ? per_array : arrays * per_array}, options));
   return workspace;
 }
 

@@ -18,9 +18,7 @@ namespace pyfusedbn {
 struct GroupAffine {
   Tensor weight, bias;
 };
-GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, at::ScalarType acc);
-// t as contiguous acc values, dispatching no op when it already is (the common case).
-Tensor as_acc_contiguous(const Tensor& t, at::ScalarType acc);
+GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, const Tensor& input);
 // rstd of a group with no elements (var 0), as the algebra rounds it in the accumulate type.
 double empty_group_rstd(double eps, at::ScalarType acc);
 
@@ -109,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   }
   Tensor mean = at::empty({N, num_groups}, options), rstd = at::empty({N, num_groups}, options);
   const GroupWorkspace workspace = group_workspace(kGroupForwardArrays, N, C, input, acc);
-  Backend::group_stats(x.input, x.shape, num_groups, eps, group_affine(weight, bias, acc), mean, rstd, workspace);
+  Backend::group_stats(x.input, x.shape, num_groups, eps, group_affine(weight, bias, input), mean, rstd, workspace);
   Backend::apply(x.input, res, workspace, act, activation_param, out, x.shape);
   return {out, mean, rstd};
 }
@@ -132,8 +130,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   const auto acc = acc_type_of(input);
   const auto options = input.options().dtype(acc);
   const int64_t N = x.shape.batch, C = x.shape.channels, G = num_groups;
-  const Tensor mean_acc = as_acc_contiguous(mean, acc), rstd_acc = as_acc_contiguous(rstd, acc);
-  const GroupAffine affine = group_affine(weight, bias, acc);
+  const Tensor mean_acc = as_acc(mean, input), rstd_acc = as_acc(rstd, input);
+  const GroupAffine affine = group_affine(weight, bias, input);
   BackwardCoefficients k{group_workspace(kGroupBackwardArrays, N, C, input, acc), Backend::grad_cache(x.input, act)};
   Tensor grad_weight = at::empty({C}, options), grad_bias = at::empty({C}, options);
   Tensor grad_input = empty_like_input(x);
