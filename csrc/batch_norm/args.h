@@ -1,4 +1,4 @@
-// The per-channel steps (channel_finalize.h) as the device-independent op code describes them to
+// The per-channel steps (coefficients.h) as the device-independent op code describes them to
 // a backend: accumulate-type vectors as untyped pointers into one workspace allocation, weight/
 // bias and running buffers with the dtype class the kernels take. Each backend turns these into
 // the typed argument structs (typed_args) inside its dtype dispatch and runs them: a loop on the
@@ -10,7 +10,7 @@
 
 #include <vector>
 
-#include "channel_finalize.h"
+#include "coefficients.h"
 
 namespace pyfusedbn {
 

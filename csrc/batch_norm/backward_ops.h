@@ -1,4 +1,4 @@
-// The backward ops, written once for every device (see batch_norm_act_ops.h for the layering).
+// The backward ops, written once for every device (see ops.h for the layering).
 // batch_norm_act_backward is the whole backward in one op call (the autograd path);
 // batch_norm_act_backward_reduce / _elemt are its two passes, for the synchronised BatchNorm,
 // which all-reduces between them.
@@ -6,7 +6,7 @@
 
 #include <array>
 
-#include "batch_norm_act_ops.h"
+#include "ops.h"
 
 namespace pyfusedbn {
 
@@ -15,7 +15,7 @@ void check_from_output(ActKind act, double activation_param, const char* op);
 
 // What every backward op checks and prepares: the laid-out saved tensor, grad_out and residual,
 // the statistics in the accumulate type, the parameters, and in `ws` the rebuild coefficients
-// scale = weight * invstd (slot 0) and bias (slot 1) (kernel_args.h, rebuild_pre_activation).
+// scale = weight * invstd (slot 0) and bias (slot 1) (common/kernel_args.h, rebuild_pre_activation).
 struct BackwardInputs {
   LaidOut x;
   Tensor dy;

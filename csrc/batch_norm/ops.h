@@ -1,7 +1,7 @@
 // The forward ops, written once for every device. A Backend supplies the bulk kernels (stats,
 // apply, backward_reduce, backward_elemt) on tensors already checked and laid out, and runs the
-// per-channel steps of channel_steps.h; this file does the argument checks, the memory-format
-// handling and the workspace. The per-channel algebra is channel_finalize.h's: no tensor op
+// per-channel steps of args.h; this file does the argument checks, the memory-format
+// handling and the workspace. The per-channel algebra is coefficients.h's: no tensor op
 // runs per channel, so a call dispatches a handful of host ops whatever its size.
 #pragma once
 
@@ -10,9 +10,9 @@
 #include <string>
 #include <tuple>
 
-#include "activations.h"
-#include "channel_steps.h"
-#include "kernel_args.h"
+#include "../common/activations.h"
+#include "args.h"
+#include "../common/kernel_args.h"
 
 namespace pyfusedbn {
 
@@ -53,8 +53,8 @@ void check_eps_momentum(double eps, double momentum, const char* op);
 void check_batches_tracked(const OptTensor& t, const Tensor& input, const char* op);
 
 // Per-channel accumulate-type vectors the backward passes read (workspace slots or tensors'
-// data): the rebuild coefficients (kernel_args.h, rebuild_pre_activation) and the elementwise
-// pass's coefficients (channel_finalize.h, elemt_coefficients).
+// data): the rebuild coefficients (common/kernel_args.h, rebuild_pre_activation) and the elementwise
+// pass's coefficients (coefficients.h, elemt_coefficients).
 struct RebuildCoefficients {
   const void* mean;
   const void* scale;

@@ -3,7 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "kernel_calls.h"
+#include "../common/kernel_calls.h"
 
 // `import pyfusedbn._C` loads this library (and so runs the registrations below); the module
 // itself is empty.
@@ -62,7 +62,7 @@ TORCH_LIBRARY(pyfusedbn, m) {
       "Tensor? weight, Tensor? bias, Tensor? residual, bool training, str activation, "
       "float activation_param, bool from_output, bool[4] output_mask) "
       "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
-  // The whole layer, forward with its autograd (csrc/batch_norm_act_autograd.cpp): the training
+  // The whole layer, forward with its autograd (csrc/batch_norm/autograd.cpp): the training
   // forward (batch statistics, running statistics updated in place) or the eval forward, and
   // batch_norm_act_backward as its backward.
   m.def(

@@ -1,9 +1,9 @@
 // Device-independent pieces of the ops: argument checks, layout, the dtype classes of
-// per-channel tensors (channel_steps.h) and the host-side fallbacks for unusual dtype mixes.
+// per-channel tensors (batch_norm/args.h) and the host-side fallbacks for unusual dtype mixes.
 #include <cmath>
 #include <string>
 
-#include "batch_norm_act_backward_ops.h"
+#include "../batch_norm/backward_ops.h"
 
 namespace pyfusedbn {
 

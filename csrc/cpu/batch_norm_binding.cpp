@@ -5,11 +5,11 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_backward_ops.h"
-#include "../dispatch.h"
-#include "../kernel_calls.h"
+#include "../batch_norm/backward_ops.h"
+#include "../common/dispatch.h"
+#include "../common/kernel_calls.h"
 #include "binding_utils.h"
-#include "batch_norm_act_kernels.h"
+#include "batch_norm_kernels.h"
 
 namespace pyfusedbn {
 namespace {

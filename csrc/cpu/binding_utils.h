@@ -1,4 +1,4 @@
-// What the CPU bindings (batch_norm_act.cpp, group_norm_act.cpp) share: raw pointers of optional
+// What the CPU bindings (batch_norm_binding.cpp, group_norm_binding.cpp) share: raw pointers of optional
 // tensors and the floating-point dtype dispatch.
 #pragma once
 

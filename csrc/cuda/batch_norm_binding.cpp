@@ -9,9 +9,9 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_backward_ops.h"
-#include "../kernel_calls.h"
-#include "batch_norm_act_kernels.cuh"
+#include "../batch_norm/backward_ops.h"
+#include "../common/kernel_calls.h"
+#include "batch_norm_kernels.cuh"
 #include "binding_utils.h"
 
 namespace pyfusedbn {

@@ -1,4 +1,4 @@
-// What the CUDA bindings (batch_norm_act.cpp, group_norm_binding.cpp) share: torch scalar types
+// What the CUDA bindings (batch_norm_binding.cpp, group_norm_binding.cpp) share: torch scalar types
 // as the CUDA types the kernels take, raw device pointers, the current stream and SM count, and
 // the floating-point dtype dispatch. Host code only (c10/cuda headers, no ATen/cuda: its
 // CUDAContext would pull in cuBLAS/cuSPARSE headers we do not use).
@@ -11,7 +11,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "batch_norm_act_kernels.cuh"
+#include "batch_norm_kernels.cuh"
 
 namespace pyfusedbn {
 namespace cuda_binding {
