@@ -4,6 +4,8 @@
 // which all-reduces between them.
 #pragma once
 
+#include <torch/library.h>
+
 #include <array>
 
 #include "ops.h"
@@ -164,6 +166,20 @@ std::tuple<OptTensor, OptTensor, OptTensor, OptTensor> batch_norm_act_backward(
     if (need_residual) grad_residual = grad_res;
   }
   return {grad_input, grad_weight, grad_bias, grad_residual};
+}
+
+// Every BatchNorm op's kernel over one device's Backend: the body of that device's
+// TORCH_LIBRARY_IMPL block (cpu/batch_norm_binding.cpp, cuda/batch_norm_binding.cpp).
+template <typename Backend>
+void batch_norm_ops_impl(torch::Library& m) {
+  m.impl("batch_norm_stats", &batch_norm_stats<Backend>);
+  m.impl("batch_norm_act_train", &batch_norm_act_train<Backend>);
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval<Backend>);
+  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<Backend>);
+  m.impl("batch_norm_act_apply", &batch_norm_act_apply<Backend>);
+  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<Backend>);
+  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<Backend>);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward<Backend>);
 }
 
 }  // namespace pyfusedbn

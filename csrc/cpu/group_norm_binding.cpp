@@ -6,9 +6,9 @@
 #include <torch/library.h>
 
 #include "../common/dispatch.h"
+#include "../common/kernel_calls.h"
 #include "../group_norm/coefficients.h"
 #include "../group_norm/ops.h"
-#include "../common/kernel_calls.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.h"
 
@@ -113,8 +113,7 @@ struct CpuGroupBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
-  m.impl("group_norm_act", &group_norm_act<CpuGroupBackend>);
-  m.impl("group_norm_act_backward", &group_norm_act_backward<CpuGroupBackend>);
+  group_norm_ops_impl<CpuGroupBackend>(m);
 }
 
 }  // namespace pyfusedbn

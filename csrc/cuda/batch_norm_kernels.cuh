@@ -9,8 +9,8 @@
 
 #include <cstdint>
 
-#include "../common/activations.h"
 #include "../batch_norm/coefficients.h"
+#include "../common/activations.h"
 #include "../common/kernel_args.h"
 
 namespace pyfusedbn {

@@ -5,9 +5,9 @@
 // no atomics, no host sync), so small channel counts still fill the device.
 #pragma once
 
+#include "../common/welford.h"
 #include "batch_norm_kernels.cuh"
 #include "device_utils.cuh"
-#include "../common/welford.h"
 
 namespace pyfusedbn {
 namespace cuda {

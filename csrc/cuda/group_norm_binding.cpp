@@ -10,8 +10,8 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include "../group_norm/ops.h"
 #include "../common/kernel_calls.h"
+#include "../group_norm/ops.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.cuh"
 
@@ -134,8 +134,7 @@ struct CudaGroupBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CUDA, m) {
-  m.impl("group_norm_act", &group_norm_act<CudaGroupBackend>);
-  m.impl("group_norm_act_backward", &group_norm_act_backward<CudaGroupBackend>);
+  group_norm_ops_impl<CudaGroupBackend>(m);
 }
 
 }  // namespace pyfusedbn

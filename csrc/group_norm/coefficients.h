@@ -10,7 +10,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "../common/activations.h"  // FBN_HOST_DEVICE
+#include "../common/host_device.h"
 #include "args.h"
 
 namespace pyfusedbn {

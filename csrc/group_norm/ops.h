@@ -4,11 +4,13 @@
 // allocations, and dispatches no tensor op per call beyond them.
 #pragma once
 
+#include <torch/library.h>
+
 #include <string>
 #include <tuple>
 #include <vector>
 
-#include "../batch_norm/ops.h"
+#include "../common/checks.h"
 #include "args.h"
 
 namespace pyfusedbn {
@@ -148,6 +150,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   if (!empty)
     Backend::backward_elemt(dy, x.input, res, k, act, activation_param, false, grad_input, grad_residual, x.shape);
   return {grad_input, grad_weight, grad_bias, grad_residual};
+}
+
+// Every GroupNorm op's kernel over one device's Backend: the body of that device's
+// TORCH_LIBRARY_IMPL block (cpu/group_norm_binding.cpp, cuda/group_norm_binding.cpp).
+template <typename Backend>
+void group_norm_ops_impl(torch::Library& m) {
+  m.impl("group_norm_act", &group_norm_act<Backend>);
+  m.impl("group_norm_act_backward", &group_norm_act_backward<Backend>);
 }
 
 }  // namespace pyfusedbn
