@@ -70,7 +70,10 @@ def want_cuda():
 
 
 def extension():
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    # csrc/common (shared layer), csrc/batch_norm and csrc/group_norm (schemas, ops, autograd),
+    # csrc/cpu (CPU kernels and bindings); csrc/cuda joins them in a CUDA build.
+    host_folders = ("common", "batch_norm", "group_norm", "cpu")
+    sources = sorted(path for folder in host_folders for path in glob.glob(f"csrc/{folder}/*.cpp"))
     # -fno-trapping-math lets GCC if-convert the activations' piecewise branches (relu's
     # derivative would otherwise stay a scalar branchy loop); it changes no result: we never
     # read floating-point exception flags. -fno-math-errno likewise (errno is never read).

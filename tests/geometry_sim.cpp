@@ -183,7 +183,7 @@ int main() {
     const int vec = pick_vector_width(s, elem_bytes, misaligned ? static_cast<uint64_t>(elem_bytes) : 0);
     const int64_t contiguous = s.channels_last ? C : S;
     const bool vec_ok = contiguous % vec == 0 && vec * elem_bytes <= 16 && (!misaligned || vec == 1);
-    // The launches of stats.cu, backward_reduce.cu and elementwise.cu, with and without a residual.
+    // The launches of batch_norm_stats.cu, batch_norm_backward_reduce.cu and batch_norm_elementwise.cu, with and without a residual.
     const int64_t reduce_target = reduction_target_blocks(num_sms, blocks_per_sm);
     const int64_t elementwise_target = elementwise_target_blocks(num_sms, blocks_per_sm);
     const Launch launches[] = {

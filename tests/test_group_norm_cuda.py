@@ -111,7 +111,7 @@ def round_to(t, dtype):
 
 # Gradients against nn.GroupNorm + SiLU on the GPU (F.group_norm), each side measured against the
 # float64 CPU reference. (3000, 64) with one group is LayerNorm2d's row view (a sample per
-# position): its batch is split into parts for the parameter gradients (group_coefficients.cu).
+# position): its batch is split into parts for the parameter gradients (csrc/cuda/group_norm_finalize.cu).
 TORCH_GROUP_CASES = {
     "nchw": ((4, 32, 6, 5), torch.contiguous_format, 8),
     "nhwc": ((4, 32, 6, 5), torch.channels_last, 8),

@@ -121,8 +121,7 @@ def test_the_simulator_catches_a_broken_geometry(simulator, tmp_path):
     assert broken != header, "launch_geometry.h changed: update the mutation this test applies"
     (tmp_path / "cuda").mkdir()
     (tmp_path / "cuda" / "launch_geometry.h").write_text(broken)
-    shutil.copy(os.path.join(CSRC, "kernel_args.h"), tmp_path / "kernel_args.h")
-    shutil.copy(os.path.join(CSRC, "activations.h"), tmp_path / "activations.h")
+    shutil.copytree(os.path.join(CSRC, "common"), tmp_path / "common")  # the headers it includes
     binary = str(tmp_path / "broken_sim")
     subprocess.run([_compiler(), "-std=c++17", "-O2", "-I", str(tmp_path), SIM_SOURCE, "-o", binary],
                    check=True, capture_output=True, text=True)

@@ -1,9 +1,10 @@
-// What the CPU bindings (batch_norm_act.cpp, group_norm_act.cpp) share: raw pointers of optional
-// tensors and the floating-point dtype dispatch.
+// What the CPU bindings (batch_norm_binding.cpp, group_norm_binding.cpp) share: raw pointers of optional
+// tensors and the floating-point dtype dispatch (../common/dtype_dispatch.h).
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
+
+#include "../common/dtype_dispatch.h"
 
 namespace pyfusedbn {
 namespace cpu_binding {
@@ -15,6 +16,3 @@ const scalar_t* ptr_or_null(const c10::optional<at::Tensor>& t) {
 
 }  // namespace cpu_binding
 }  // namespace pyfusedbn
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)

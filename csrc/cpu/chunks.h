@@ -10,7 +10,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "../kernel_args.h"
+#include "../common/kernel_args.h"
 #include "convert.h"
 
 namespace pyfusedbn {

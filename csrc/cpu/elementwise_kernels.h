@@ -3,7 +3,7 @@
 // instantiation, inner loops vectorised with `omp simd`.
 #pragma once
 
-#include "../kernel_args.h"
+#include "../common/kernel_args.h"
 #include "chunks.h"
 
 namespace pyfusedbn {

@@ -11,8 +11,8 @@
 #include <memory>
 #include <type_traits>
 
-#include "../activations.h"
-#include "../kernel_args.h"
+#include "../common/activations.h"
+#include "../common/kernel_args.h"
 #include "chunks.h"
 #include "elementwise_kernels.h"  // Coef
 

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "../kernel_args.h"
-#include "../welford.h"
+#include "../common/kernel_args.h"
+#include "../common/welford.h"
 #include "chunks.h"
 #include "elementwise_kernels.h"  // grad_and_centred
 #include "lane_sum.h"

@@ -1,5 +1,5 @@
 // Lets the compiler vectorise CPU loops that call libm's exp, expm1, log1p, tanh and erf (silu,
-// gelu, elu, mish, softplus, ... in activations.h) by declaring glibc's libmvec SIMD variants.
+// gelu, elu, mish, softplus, ... in common/activations.h) by declaring glibc's libmvec SIMD variants.
 // This is what -ffast-math would enable, without -ffast-math's changes to NaN and rounding
 // semantics; libmvec's functions are accurate to a few ulp. Include before any other header.
 // setup.py defines PYFUSEDBN_LIBMVEC (and links libmvec) only where glibc provides them.

@@ -1,17 +1,17 @@
-// What the CUDA bindings (batch_norm_act.cpp, group_norm_binding.cpp) share: torch scalar types
+// What the CUDA bindings (batch_norm_binding.cpp, group_norm_binding.cpp) share: torch scalar types
 // as the CUDA types the kernels take, raw device pointers, the current stream and SM count, and
-// the floating-point dtype dispatch. Host code only (c10/cuda headers, no ATen/cuda: its
+// the floating-point dtype dispatch (../common/dtype_dispatch.h). Host code only (c10/cuda headers, no ATen/cuda: its
 // CUDAContext would pull in cuBLAS/cuSPARSE headers we do not use).
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "batch_norm_act_kernels.cuh"
+#include "../common/dtype_dispatch.h"
+#include "batch_norm_kernels.cuh"
 
 namespace pyfusedbn {
 namespace cuda_binding {
@@ -45,6 +45,3 @@ inline cuda::LaunchContext launch_context(const at::Tensor& like) {
 
 }  // namespace cuda_binding
 }  // namespace pyfusedbn
-
-#define FBN_DISPATCH_FLOATING(dtype, name, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)

@@ -1,13 +1,13 @@
-// Block-level merging shared by the reduction kernels (stats.cu, backward_reduce.cu): the
-// accumulator types, warp-shuffle + shared-memory block merges, and the reduction grids. Each
-// channel's work is split over `parts` blocks that write partials to a workspace; a small
-// finalize kernel merges them in a fixed order (deterministic, no atomics, no host sync), so
-// small channel counts still fill the device.
+// Block-level merging shared by the reduction kernels (batch_norm_stats.cu,
+// batch_norm_backward_reduce.cu): the accumulator types, warp-shuffle + shared-memory block
+// merges, and the reduction grids. Each channel's work is split over `parts` blocks that write
+// partials to a workspace; a small finalize kernel merges them in a fixed order (deterministic,
+// no atomics, no host sync), so small channel counts still fill the device.
 #pragma once
 
-#include "batch_norm_act_kernels.cuh"
+#include "../common/welford.h"
+#include "batch_norm_kernels.cuh"
 #include "device_utils.cuh"
-#include "../welford.h"
 
 namespace pyfusedbn {
 namespace cuda {

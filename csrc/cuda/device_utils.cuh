@@ -1,6 +1,6 @@
 // Device helpers shared by the CUDA kernel files: dtype conversion, 8/16-byte vector loads, the
 // backward's per-element terms, and the dispatch of the vector width and layout onto kernel
-// template parameters (activation, residual and from_output: ../dispatch.h, shared with the CPU
+// template parameters (activation, residual and from_output: ../common/dispatch.h, shared with the CPU
 // backend). The launch geometry and the loops' index math: launch_geometry.h.
 #pragma once
 
@@ -13,9 +13,9 @@
 #include <initializer_list>
 #include <type_traits>
 
-#include "../activations.h"
-#include "../dispatch.h"
-#include "../kernel_args.h"
+#include "../common/activations.h"
+#include "../common/dispatch.h"
+#include "../common/kernel_args.h"
 #include "launch_geometry.h"
 
 namespace pyfusedbn {

@@ -11,7 +11,7 @@
 // and every pointer allow it); the coefficient index is the vector's (n, c).
 // Backward sums: NCHW one block per (n, c) plane; NHWC one block per (n, 32-channel tile),
 // x along channels (coalesced), y along the sample's rows.
-#include "../group_coefficients.h"
+#include "../group_norm/coefficients.h"
 #include "block_merge.cuh"
 #include "group_norm_device_utils.cuh"
 #include "group_norm_kernels.cuh"

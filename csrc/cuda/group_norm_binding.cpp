@@ -1,6 +1,6 @@
 // CUDA backend of the GroupNorm ops: tensors to raw-pointer kernel arguments, the current stream
 // and device, and the TORCH_LIBRARY_IMPL(CUDA) registrations. Kernels: group_norm.cu and
-// group_coefficients.cu.
+// group_norm_finalize.cu.
 // (Compiled only in CUDA builds, as every csrc/cuda/*.cpp: setup.py adds them with nvcc present.)
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -10,8 +10,8 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include "../group_norm_act_ops.h"
-#include "../kernel_calls.h"
+#include "../common/kernel_calls.h"
+#include "../group_norm/ops.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.cuh"
 
@@ -21,7 +21,7 @@ namespace {
 using namespace cuda_binding;
 
 // Every step is a kernel launch on the current stream (counted as one call each); the
-// per-(sample, group) algebra runs in kernels (group_coefficients.h's formulas), never as
+// per-(sample, group) algebra runs in kernels (group_norm/coefficients.h's formulas), never as
 // tensor ops, so a training step is 2 launches forward and 4 backward.
 struct CudaGroupBackend {
   // mean, rstd and the apply pass's scale / shift, in the statistics kernel (var stays internal).
@@ -134,8 +134,7 @@ struct CudaGroupBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CUDA, m) {
-  m.impl("group_norm_act", &group_norm_act<CudaGroupBackend>);
-  m.impl("group_norm_act_backward", &group_norm_act_backward<CudaGroupBackend>);
+  group_norm_ops_impl<CudaGroupBackend>(m);
 }
 
 }  // namespace pyfusedbn

@@ -1,18 +1,18 @@
-// Host-side declarations of the GroupNorm CUDA launchers (group_norm.cu, group_coefficients.cu),
+// Host-side declarations of the GroupNorm CUDA launchers (group_norm.cu, group_norm_finalize.cu),
 // shared by the kernel files and the binding (group_norm_binding.cpp). Torch-free, as
-// batch_norm_act_kernels.cuh.
+// batch_norm_kernels.cuh.
 // The elementwise and backward-reduction launchers take BatchNorm's argument structs with
 // per-(sample, channel) coefficient and sum arrays (N * C values, index n * C + c).
 #pragma once
 
-#include "../group_norm_args.h"
-#include "batch_norm_act_kernels.cuh"
+#include "../group_norm/args.h"
+#include "batch_norm_kernels.cuh"
 
 namespace pyfusedbn {
 namespace cuda {
 
 // What the statistics kernel writes besides mean, at the end of each (sample, group)'s block
-// (group_coefficients.h's forward formulas): rstd per (n, g), the apply pass's scale / shift per
+// (group_norm/coefficients.h's forward formulas): rstd per (n, g), the apply pass's scale / shift per
 // (n, c). var is not materialised (args.var is not written).
 template <typename acc_t>
 struct GroupForwardOutputs {
@@ -28,7 +28,7 @@ template <typename scalar_t, typename acc_t>
 void launch_group_stats(const GroupStatsArgs<scalar_t, acc_t>& args, const GroupForwardOutputs<acc_t>& out,
                         const LaunchContext& ctx);
 
-// The backward's per-(sample, group) steps (group_coefficients.cu). Prepare: the rebuild
+// The backward's per-(sample, group) steps (group_norm_finalize.cu). Prepare: the rebuild
 // coefficients mean / scale / bias per (n, c) (one launch).
 template <typename acc_t>
 void launch_group_backward_prepare(const GroupCoefficientArgs<acc_t>& args, const GroupBackwardArrays<acc_t>& k,

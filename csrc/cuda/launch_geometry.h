@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#include "../kernel_args.h"  // BnShape (and FBN_HOST_DEVICE)
+#include "../common/kernel_args.h"  // BnShape (and FBN_HOST_DEVICE)
 
 #if defined(__CUDA_ARCH__)  // nvcc's device pass (host compilers warn on the pragma)
 #define FBN_UNROLL _Pragma("unroll")

@@ -1,5 +1,5 @@
 // group_norm_act_layer: the GroupNorm-family layer as one op with its autograd in C++, as
-// batch_norm_act (csrc/batch_norm_act_autograd.cpp, which says why): eager training costs one
+// batch_norm_act (csrc/batch_norm/autograd.cpp, which says why): eager training costs one
 // op forward (group_norm_act) and one backward (group_norm_act_backward) with no Python node.
 // With create_graph=True the backward calls group_norm_act_composite_backward instead, the
 // differentiable torch-op composite registered from Python (pyfusedbn/group_norm.py).
@@ -10,7 +10,7 @@
 #include <string>
 #include <tuple>
 
-#include "autograd_utils.h"
+#include "../common/autograd_utils.h"
 
 namespace pyfusedbn {
 namespace {

@@ -5,11 +5,11 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_backward_ops.h"
-#include "../dispatch.h"
-#include "../kernel_calls.h"
+#include "../batch_norm/backward_ops.h"
+#include "../common/dispatch.h"
+#include "../common/kernel_calls.h"
+#include "batch_norm_kernels.h"
 #include "binding_utils.h"
-#include "batch_norm_act_kernels.h"
 
 namespace pyfusedbn {
 namespace {
@@ -125,14 +125,7 @@ struct CpuBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
-  m.impl("batch_norm_stats", &batch_norm_stats<CpuBackend>);
-  m.impl("batch_norm_act_train", &batch_norm_act_train<CpuBackend>);
-  m.impl("batch_norm_act_eval", &batch_norm_act_eval<CpuBackend>);
-  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<CpuBackend>);
-  m.impl("batch_norm_act_apply", &batch_norm_act_apply<CpuBackend>);
-  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CpuBackend>);
-  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CpuBackend>);
-  m.impl("batch_norm_act_backward", &batch_norm_act_backward<CpuBackend>);
+  batch_norm_ops_impl<CpuBackend>(m);
 }
 
 }  // namespace pyfusedbn

@@ -1,5 +1,5 @@
 // The GroupNorm backward's per-(sample, group) steps on the GPU, each thread calling
-// group_coefficients.h's formulas (the CPU backend runs the same ones in loops).
+// group_norm/coefficients.h's formulas (the CPU backend runs the same ones in loops).
 // - prepare: one thread per (n, c).
 // - finalize: one launch. Its first blocks sum the parameter gradients, a 32-channel tile each
 //   (coalesced along C) with 8 rows of samples merged over the block; the other blocks compute
@@ -8,7 +8,7 @@
 //   A large batch (LayerNorm2d has one "sample" per position) splits each tile's samples into
 //   parts whose sums a second small kernel merges in a fixed order: no atomics, so the result is
 //   the same on every run.
-#include "../group_coefficients.h"
+#include "../group_norm/coefficients.h"
 #include "block_merge.cuh"
 #include "group_norm_device_utils.cuh"
 #include "group_norm_kernels.cuh"

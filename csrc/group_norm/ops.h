@@ -1,20 +1,22 @@
 // GroupNorm + activation ops, written once for every device. A Backend supplies the kernels and
-// runs the per-(sample, group) algebra (group_coefficients.h: host loops on CPU, kernels on CUDA)
+// runs the per-(sample, group) algebra (coefficients.h: host loops on CPU, kernels on CUDA)
 // on raw pointers into one workspace per direction; this file does the checks, the layout and the
 // allocations, and dispatches no tensor op per call beyond them.
 #pragma once
+
+#include <torch/library.h>
 
 #include <string>
 #include <tuple>
 #include <vector>
 
-#include "batch_norm_act_ops.h"
-#include "group_norm_args.h"
+#include "../common/checks.h"
+#include "args.h"
 
 namespace pyfusedbn {
 
 // The affine parameters as contiguous accumulate-type values, undefined where absent: what the
-// per-(sample, group) algebra (group_coefficients.h) reads on either device.
+// per-(sample, group) algebra (coefficients.h) reads on either device.
 struct GroupAffine {
   Tensor weight, bias;
 };
@@ -23,7 +25,7 @@ GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, const T
 double empty_group_rstd(double eps, at::ScalarType acc);
 
 // One workspace allocation per direction holds the per-(sample, channel) arrays
-// (group_norm_args.h: GroupForwardArrays, GroupBackwardArrays), which the backends carve into
+// (args.h: GroupForwardArrays, GroupBackwardArrays), which the backends carve into
 // raw pointers: a step allocates only that beyond its outputs. On the CPU a workspace over
 // kSplitWorkspaceBytes is one allocation per array instead: glibc maps every allocation over
 // 32 MiB afresh, a page fault per 4 KiB on first touch each call (LayerNorm2d's (25088, 96) rows:
@@ -80,7 +82,7 @@ void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 void check_per_group(const Tensor& t, const char* name, const Tensor& input, int64_t num_groups,
                      const char* op);
 
-// Backend steps, per direction (CPU: group_norm_act.cpp, CUDA: cuda/group_norm_binding.cpp):
+// Backend steps, per direction (CPU: cpu/group_norm_binding.cpp, CUDA: cuda/group_norm_binding.cpp):
 // forward  group_stats (mean, rstd and the apply pass's scale / shift), apply;
 // backward backward_prepare (rebuild coefficients), backward_reduce (sums),
 //          backward_finalize (parameter gradients, elementwise coefficients), backward_elemt.
@@ -148,6 +150,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
   if (!empty)
     Backend::backward_elemt(dy, x.input, res, k, act, activation_param, false, grad_input, grad_residual, x.shape);
   return {grad_input, grad_weight, grad_bias, grad_residual};
+}
+
+// Every GroupNorm op's kernel over one device's Backend: the body of that device's
+// TORCH_LIBRARY_IMPL block (cpu/group_norm_binding.cpp, cuda/group_norm_binding.cpp).
+template <typename Backend>
+void group_norm_ops_impl(torch::Library& m) {
+  m.impl("group_norm_act", &group_norm_act<Backend>);
+  m.impl("group_norm_act_backward", &group_norm_act_backward<Backend>);
 }
 
 }  // namespace pyfusedbn

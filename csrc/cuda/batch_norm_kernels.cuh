@@ -1,5 +1,5 @@
-// Host-side declarations of the CUDA launchers (defined in stats.cu, backward_reduce.cu,
-// elementwise.cu and finalize.cu), shared by the kernel files and the binding. Launchers enqueue on ctx.stream
+// Host-side declarations of the CUDA launchers (defined in batch_norm_stats.cu,
+// batch_norm_backward_reduce.cu, batch_norm_elementwise.cu and batch_norm_finalize.cu), shared by the kernel files and the binding. Launchers enqueue on ctx.stream
 // and never synchronise or allocate.
 // No torch headers: scalar_t is float, double, __half or __nv_bfloat16 (the binding
 // reinterprets at::Half / at::BFloat16 pointers, which have the same layout).
@@ -9,9 +9,9 @@
 
 #include <cstdint>
 
-#include "../activations.h"
-#include "../channel_finalize.h"
-#include "../kernel_args.h"
+#include "../batch_norm/coefficients.h"
+#include "../common/activations.h"
+#include "../common/kernel_args.h"
 
 namespace pyfusedbn {
 namespace cuda {
@@ -47,7 +47,7 @@ template <typename scalar_t, typename acc_t>
 void launch_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind act, bool from_output,
                            const LaunchContext& ctx);
 
-// The per-channel steps (../channel_finalize.h), one small kernel each (finalize.cu).
+// The per-channel steps (../batch_norm/coefficients.h), one small kernel each (batch_norm_finalize.cu).
 template <typename acc_t, typename param_t, typename running_t>
 void launch_finalize(const ForwardFinalizeArgs<acc_t, param_t, running_t>& args, const LaunchContext& ctx);
 template <typename acc_t, typename param_t, typename running_t>

@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../group_norm_args.h"
-#include "batch_norm_act_kernels.h"
+#include "../group_norm/args.h"
+#include "batch_norm_kernels.h"
 #include "grad_cache.h"
 
 namespace pyfusedbn {

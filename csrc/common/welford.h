@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "activations.h"  // FBN_HOST_DEVICE
+#include "host_device.h"
 
 namespace pyfusedbn {
 

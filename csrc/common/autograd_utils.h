@@ -1,4 +1,4 @@
-// What the C++ autograd of the layer ops (batch_norm_act_autograd.cpp, group_norm_act_autograd.cpp)
+// What the C++ autograd of the layer ops (batch_norm/autograd.cpp, group_norm/autograd.cpp)
 // shares: optional-tensor conversions (saved variables hold undefined tensors for None) and typed
 // handles to the ops they call through the dispatcher.
 #pragma once

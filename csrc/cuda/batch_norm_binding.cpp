@@ -9,9 +9,9 @@
 #include <cuda_fp16.h>
 #include <torch/library.h>
 
-#include "../batch_norm_act_backward_ops.h"
-#include "../kernel_calls.h"
-#include "batch_norm_act_kernels.cuh"
+#include "../batch_norm/backward_ops.h"
+#include "../common/kernel_calls.h"
+#include "batch_norm_kernels.cuh"
 #include "binding_utils.h"
 
 namespace pyfusedbn {
@@ -127,14 +127,7 @@ struct CudaBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CUDA, m) {
-  m.impl("batch_norm_stats", &batch_norm_stats<CudaBackend>);
-  m.impl("batch_norm_act_train", &batch_norm_act_train<CudaBackend>);
-  m.impl("batch_norm_act_eval", &batch_norm_act_eval<CudaBackend>);
-  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<CudaBackend>);
-  m.impl("batch_norm_act_apply", &batch_norm_act_apply<CudaBackend>);
-  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<CudaBackend>);
-  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<CudaBackend>);
-  m.impl("batch_norm_act_backward", &batch_norm_act_backward<CudaBackend>);
+  batch_norm_ops_impl<CudaBackend>(m);
 }
 
 }  // namespace pyfusedbn

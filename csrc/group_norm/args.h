@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "kernel_args.h"
+#include "../common/kernel_args.h"
 
 namespace pyfusedbn {
 
@@ -27,7 +27,7 @@ struct GroupStatsArgs {
   FBN_HOST_DEVICE bool contiguous_groups() const { return !shape.channels_last || shape.spatial == 1; }
 };
 
-// The per-(sample, group) algebra's inputs (group_coefficients.h): statistics per (n, g), the
+// The per-(sample, group) algebra's inputs (coefficients.h): statistics per (n, g), the
 // affine parameters per channel (nullptr: weight 1, bias 0) and the sizes.
 template <typename acc_t>
 struct GroupCoefficientArgs {

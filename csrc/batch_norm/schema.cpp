@@ -1,20 +1,10 @@
-// The op schemas of the torch.ops.pyfusedbn namespace, and nothing else: each device registers
-// its kernels in its own TORCH_LIBRARY_IMPL block, Python registers fake kernels and autograd.
-#include <Python.h>
+// The BatchNorm family's op schemas, in their own fragment of the pyfusedbn namespace (its
+// TORCH_LIBRARY block: common/library.cpp), and nothing else: each device registers kernels in
+// its own TORCH_LIBRARY_IMPL block (batch_norm_ops_impl), Python registers fake kernels, and the
+// layer op's autograd is C++ (csrc/batch_norm/autograd.cpp).
 #include <torch/library.h>
 
-#include "kernel_calls.h"
-
-// `import pyfusedbn._C` loads this library (and so runs the registrations below); the module
-// itself is empty.
-extern "C" {
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
-
-TORCH_LIBRARY(pyfusedbn, m) {
+TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
   // Per-channel mean and biased variance (float32 for half/bfloat16/float32 input, float64 for float64).
   m.def("batch_norm_stats(Tensor input) -> (Tensor mean, Tensor var)");
   // Training forward: batch statistics, running-stat update (in place), normalise + affine +
@@ -62,7 +52,7 @@ TORCH_LIBRARY(pyfusedbn, m) {
       "Tensor? weight, Tensor? bias, Tensor? residual, bool training, str activation, "
       "float activation_param, bool from_output, bool[4] output_mask) "
       "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
-  // The whole layer, forward with its autograd (csrc/batch_norm_act_autograd.cpp): the training
+  // The whole layer, forward with its autograd (csrc/batch_norm/autograd.cpp): the training
   // forward (batch statistics, running statistics updated in place) or the eval forward, and
   // batch_norm_act_backward as its backward.
   m.def(
@@ -76,7 +66,4 @@ TORCH_LIBRARY(pyfusedbn, m) {
       "Tensor? residual, Tensor mean, Tensor invstd, bool training, float eps, str activation, "
       "float activation_param, bool[4] output_mask) "
       "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
-  // How many kernel launches a device's compiled code has made: lets tests prove that the
-  // compiled kernels, not some Python reference, produced the numbers.
-  m.def("kernel_calls(str device) -> int", &pyfusedbn::kernel_calls);
 }

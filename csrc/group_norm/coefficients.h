@@ -1,7 +1,7 @@
 // GroupNorm's per-(sample, group) algebra, written once for CPU and CUDA (torch-free): the
 // coefficients the elementwise kernels take per (sample, channel) and the parameter gradients.
 // Each formula is a per-item FBN_HOST_DEVICE function; the host loops at the bottom call them for
-// CPU tensors, and the CUDA kernels (cuda/group_coefficients.cu, the end of group_stats_kernel in
+// CPU tensors, and the CUDA kernels (cuda/group_norm_finalize.cu, the end of group_stats_kernel in
 // cuda/group_norm.cu) call them one thread per item. Usually a few thousand values: as ~20
 // small tensor ops they cost more than the kernels themselves (~35 us of a 50 us CPU op, a launch
 // each on a GPU). The sums run in double on both devices.
@@ -10,8 +10,8 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "activations.h"  // FBN_HOST_DEVICE
-#include "group_norm_args.h"
+#include "../common/host_device.h"
+#include "args.h"
 
 namespace pyfusedbn {
 

@@ -1,10 +1,10 @@
-// The per-channel steps (../channel_finalize.h) on the GPU: one thread per channel, one launch
+// The per-channel steps (../batch_norm/coefficients.h) on the GPU: one thread per channel, one launch
 // per step on the caller's stream. The same functions run in the CPU backend's loop.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "../channel_finalize.h"
-#include "batch_norm_act_kernels.cuh"
+#include "../batch_norm/coefficients.h"
+#include "batch_norm_kernels.cuh"
 
 namespace pyfusedbn {
 namespace cuda {
@@ -63,7 +63,7 @@ void launch_finalize(const BackwardFinalizeArgs<acc_t, param_t>& args, const Lau
   launch(args, ctx);
 }
 
-// Every (accumulate, parameter, running) type combination channel_steps.h dispatches to: all
+// Every (accumulate, parameter, running) type combination batch_norm/args.h dispatches to: all
 // in the accumulate type, and for half/bfloat16 input each mix with the input's type.
 #define FBN_INSTANTIATE_FINALIZE_PR(acc_t, param_t, running_t)                                              \
   template void launch_finalize(const ForwardFinalizeArgs<acc_t, param_t, running_t>&, const LaunchContext&); \

@@ -1,12 +1,14 @@
-// The backward ops, written once for every device (see batch_norm_act_ops.h for the layering).
+// The backward ops, written once for every device (see ops.h for the layering).
 // batch_norm_act_backward is the whole backward in one op call (the autograd path);
 // batch_norm_act_backward_reduce / _elemt are its two passes, for the synchronised BatchNorm,
 // which all-reduces between them.
 #pragma once
 
+#include <torch/library.h>
+
 #include <array>
 
-#include "batch_norm_act_ops.h"
+#include "ops.h"
 
 namespace pyfusedbn {
 
@@ -15,7 +17,7 @@ void check_from_output(ActKind act, double activation_param, const char* op);
 
 // What every backward op checks and prepares: the laid-out saved tensor, grad_out and residual,
 // the statistics in the accumulate type, the parameters, and in `ws` the rebuild coefficients
-// scale = weight * invstd (slot 0) and bias (slot 1) (kernel_args.h, rebuild_pre_activation).
+// scale = weight * invstd (slot 0) and bias (slot 1) (common/kernel_args.h, rebuild_pre_activation).
 struct BackwardInputs {
   LaidOut x;
   Tensor dy;
@@ -164,6 +166,20 @@ std::tuple<OptTensor, OptTensor, OptTensor, OptTensor> batch_norm_act_backward(
     if (need_residual) grad_residual = grad_res;
   }
   return {grad_input, grad_weight, grad_bias, grad_residual};
+}
+
+// Every BatchNorm op's kernel over one device's Backend: the body of that device's
+// TORCH_LIBRARY_IMPL block (cpu/batch_norm_binding.cpp, cuda/batch_norm_binding.cpp).
+template <typename Backend>
+void batch_norm_ops_impl(torch::Library& m) {
+  m.impl("batch_norm_stats", &batch_norm_stats<Backend>);
+  m.impl("batch_norm_act_train", &batch_norm_act_train<Backend>);
+  m.impl("batch_norm_act_eval", &batch_norm_act_eval<Backend>);
+  m.impl("batch_norm_act_eval_for_backward", &batch_norm_act_eval_for_backward<Backend>);
+  m.impl("batch_norm_act_apply", &batch_norm_act_apply<Backend>);
+  m.impl("batch_norm_act_backward_reduce", &batch_norm_act_backward_reduce<Backend>);
+  m.impl("batch_norm_act_backward_elemt", &batch_norm_act_backward_elemt<Backend>);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward<Backend>);
 }
 
 }  // namespace pyfusedbn

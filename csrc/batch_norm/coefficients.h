@@ -1,5 +1,5 @@
 // The per-channel steps between the bulk passes, defined once for the CPU (a plain loop over
-// channels) and CUDA (one thread per channel, csrc/cuda/finalize.cu):
+// channels) and CUDA (one thread per channel, csrc/cuda/batch_norm_finalize.cu):
 //   forward:  batch mean/var -> invstd, folded scale/shift, running-statistics update;
 //   eval:     running mean/var -> mean, invstd, folded scale/shift;
 //   backward: weight/invstd/bias -> the rebuild coefficients (before the reduction), and
@@ -16,7 +16,7 @@
 
 #include <stdint.h>
 
-#include "activations.h"
+#include "../common/activations.h"
 
 namespace pyfusedbn {
 
@@ -121,7 +121,7 @@ FBN_HOST_DEVICE void finalize_eval_channel(const EvalFinalizeArgs<acc_t, param_t
 }
 
 // Before the backward reduction: the coefficients that rebuild xc and the pre-activation
-// (kernel_args.h, rebuild_pre_activation): scale = weight * invstd, bias (0 without affine).
+// (common/kernel_args.h, rebuild_pre_activation): scale = weight * invstd, bias (0 without affine).
 // Also the forward's scale/shift from given statistics (the apply op), when shift is set.
 template <typename acc_t, typename param_t>
 struct PrepareArgs {

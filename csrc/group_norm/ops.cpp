@@ -1,8 +1,8 @@
 // Device-independent pieces of the GroupNorm ops: argument checks, the accumulate-type views of
 // the parameters and statistics, the workspaces.
-#include "group_norm_act_ops.h"
+#include "ops.h"
 
-#include "group_coefficients.h"
+#include "coefficients.h"
 
 namespace pyfusedbn {
 

@@ -8,11 +8,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define FBN_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FBN_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace pyfusedbn {
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <tuple>
 
-#include "autograd_utils.h"
+#include "../common/autograd_utils.h"
 
 namespace pyfusedbn {
 namespace {

@@ -1,4 +1,4 @@
-// The per-channel steps (channel_finalize.h) as the device-independent op code describes them to
+// The per-channel steps (coefficients.h) as the device-independent op code describes them to
 // a backend: accumulate-type vectors as untyped pointers into one workspace allocation, weight/
 // bias and running buffers with the dtype class the kernels take. Each backend turns these into
 // the typed argument structs (typed_args) inside its dtype dispatch and runs them: a loop on the
@@ -6,20 +6,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
 
 #include <vector>
 
-#include "channel_finalize.h"
+#include "../common/checks.h"
+#include "coefficients.h"
 
 namespace pyfusedbn {
-
-using at::Tensor;
-using OptTensor = c10::optional<Tensor>;
-
-// Accumulate dtype of the kernels and of per-channel results: float32 for half, bfloat16 and
-// float32 input, float64 for float64 input.
-inline at::ScalarType acc_type_of(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
 // `count` vectors of C accumulate-type values in one allocation: on the CPU plain host memory
 // (no torch op at all), on a GPU one allocation from torch's caching allocator.
@@ -59,10 +52,6 @@ struct ChannelParams {
   const void* bias_ptr() const { return bias.has_value() ? bias->data_ptr() : nullptr; }
 };
 ChannelParams channel_params(const OptTensor& weight, const OptTensor& bias, const Tensor& input);
-
-// A per-channel tensor given to an op (mean, invstd, mean_g, ...) in the accumulate type,
-// contiguous: the tensor itself when it already is (no host op), else a converted copy.
-Tensor as_acc(const Tensor& t, const Tensor& input);
 
 struct ForwardStep {
   const void* mean;

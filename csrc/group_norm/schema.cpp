@@ -1,7 +1,7 @@
 // The GroupNorm family's op schemas (GroupNorm, and InstanceNorm / LayerNorm2d through it), in
-// their own fragment of the pyfusedbn namespace: each device registers kernels in its own
-// TORCH_LIBRARY_IMPL block, Python registers fake kernels (pyfusedbn/group_norm.py), and the
-// layer op's autograd is C++ (csrc/group_norm_act_autograd.cpp).
+// their own fragment of the pyfusedbn namespace (its TORCH_LIBRARY block: common/library.cpp):
+// each device registers kernels in its own TORCH_LIBRARY_IMPL block (group_norm_ops_impl), Python registers fake kernels (pyfusedbn/group_norm.py), and the
+// layer op's autograd is C++ (csrc/group_norm/autograd.cpp).
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {

@@ -5,12 +5,12 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include "../dispatch.h"
-#include "../group_coefficients.h"
-#include "../group_norm_act_ops.h"
-#include "../kernel_calls.h"
+#include "../common/dispatch.h"
+#include "../common/kernel_calls.h"
+#include "../group_norm/coefficients.h"
+#include "../group_norm/ops.h"
 #include "binding_utils.h"
-#include "group_norm_act_kernels.h"
+#include "group_norm_kernels.h"
 
 namespace pyfusedbn {
 namespace {
@@ -22,7 +22,7 @@ acc_t* cache_ptr(const BackwardCoefficients& k) {
   return k.grad_cache.defined() ? k.grad_cache.data_ptr<acc_t>() : nullptr;
 }
 
-// The per-(sample, group) steps run group_coefficients.h's host loops: not kernels, so not counted.
+// The per-(sample, group) steps run group_norm/coefficients.h's host loops: not kernels, so not counted.
 struct CpuGroupBackend {
   // mean, rstd and the apply pass's scale / shift (the workspace): the kernel writes var into
   // rstd, which the coefficient loop then turns into rstd in place.
@@ -113,8 +113,7 @@ struct CpuGroupBackend {
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CPU, m) {
-  m.impl("group_norm_act", &group_norm_act<CpuGroupBackend>);
-  m.impl("group_norm_act_backward", &group_norm_act_backward<CpuGroupBackend>);
+  group_norm_ops_impl<CpuGroupBackend>(m);
 }
 
 }  // namespace pyfusedbn

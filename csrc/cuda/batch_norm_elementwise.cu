@@ -2,7 +2,7 @@
 // the backward's grad_input / grad_residual pass. Each thread loads its channel coefficients
 // once, then walks its items (launch_geometry.h: channels_last rows, kVec channels of a row per
 // access; planar vectors of one channel's planes), loading kUnroll items before using them.
-#include "batch_norm_act_kernels.cuh"
+#include "batch_norm_kernels.cuh"
 #include "device_utils.cuh"
 
 namespace pyfusedbn {

@@ -1,7 +1,7 @@
 // The forward ops, written once for every device. A Backend supplies the bulk kernels (stats,
 // apply, backward_reduce, backward_elemt) on tensors already checked and laid out, and runs the
-// per-channel steps of channel_steps.h; this file does the argument checks, the memory-format
-// handling and the workspace. The per-channel algebra is channel_finalize.h's: no tensor op
+// per-channel steps of args.h; this file does the argument checks, the memory-format
+// handling and the workspace. The per-channel algebra is coefficients.h's: no tensor op
 // runs per channel, so a call dispatches a handful of host ops whatever its size.
 #pragma once
 
@@ -10,32 +10,12 @@
 #include <string>
 #include <tuple>
 
-#include "activations.h"
-#include "channel_steps.h"
-#include "kernel_args.h"
+#include "../common/activations.h"
+#include "../common/checks.h"
+#include "../common/kernel_args.h"
+#include "args.h"
 
 namespace pyfusedbn {
-
-ActKind parse_activation(const std::string& name);
-
-// Rank 2 to 5 and a floating dtype the kernels take.
-void check_input(const Tensor& input, const char* op);
-
-// Input layout the kernels accept: contiguous in torch's suggested memory format.
-struct LaidOut {
-  Tensor input;
-  at::MemoryFormat memory_format;
-  BnShape shape;
-};
-LaidOut lay_out_input(const Tensor& input, const char* op);
-// An uninitialised tensor shaped and laid out as the kernels' input (every element is written).
-Tensor empty_like_input(const LaidOut& x);
-
-// Per-channel tensor (weight, bias, running stats, saved mean/invstd): C values on input's device.
-void check_per_channel(const OptTensor& t, const char* name, const Tensor& input, const char* op);
-// Residual and grad_out: same shape, dtype and device as input; returned in input's layout.
-Tensor lay_out_like(const Tensor& t, const char* name, const LaidOut& x, const char* op);
-OptTensor lay_out_like(const OptTensor& t, const char* name, const LaidOut& x, const char* op);
 
 // Running buffers the finalize step updates itself (same dtype class, contiguous); otherwise the
 // pointers are null and update_running_stats does it with tensor ops afterwards.
@@ -48,13 +28,12 @@ RunningBuffers running_buffers(const OptTensor& running_mean, const OptTensor& r
 void update_running_stats(const OptTensor& running_mean, const OptTensor& running_var,
                           const Tensor& mean, const Tensor& var, int64_t count, double momentum);
 
-void check_eps_momentum(double eps, double momentum, const char* op);
 // num_batches_tracked: one int64 value on input's device.
 void check_batches_tracked(const OptTensor& t, const Tensor& input, const char* op);
 
 // Per-channel accumulate-type vectors the backward passes read (workspace slots or tensors'
-// data): the rebuild coefficients (kernel_args.h, rebuild_pre_activation) and the elementwise
-// pass's coefficients (channel_finalize.h, elemt_coefficients).
+// data): the rebuild coefficients (common/kernel_args.h, rebuild_pre_activation) and the elementwise
+// pass's coefficients (coefficients.h, elemt_coefficients).
 struct RebuildCoefficients {
   const void* mean;
   const void* scale;
