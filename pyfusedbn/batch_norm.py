@@ -1,23 +1,15 @@
-"""batch_norm_act: y = act(BatchNorm(x) + residual) as one fused op, and its autograd."""
-import numbers
+"""batch_norm_act: y = act(BatchNorm(x) + residual) as one fused op, and the fake kernels of the
+BatchNorm ops. The autograd torch.compile and torch.export trace: batch_norm_autograd.py."""
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._composite import composite_grads
+from ._common import (acc_dtype, check_devices, checked_float, like_input, promoted_under_autocast,
+                      resolved_activation)
 from ._ops import ops
-from .activations import resolve_activation
+from .batch_norm_autograd import BatchNormActFunction
 from .memory_efficient import apply_memory_efficient, check_memory_efficient
-
-# torch.compiler.is_exporting() also answers True inside torch.compile before torch 2.13 (seen on
-# 2.11), where taking the export-only path would leave backward without statistics: there the
-# eval forward always keeps them when a backward may follow, under export too.
-_EXPORT_FLAG_RELIABLE = tuple(int(p) for p in torch.__version__.split(".")[:2]) >= (2, 13)
-
-
-def _is_exporting() -> bool:
-    return _EXPORT_FLAG_RELIABLE and torch.compiler.is_exporting()
 
 
 def batch_norm_act(
@@ -47,24 +39,18 @@ def batch_norm_act(
     activations only: identity, leaky_relu, elu; |weight| clamped to >= MIN_WEIGHT); inplace=True
     also writes the result into input's storage. See pyfusedbn/memory_efficient.py.
     """
-    activation, activation_param = _resolved_activation(activation, activation_param)
+    activation, activation_param = resolved_activation(activation, activation_param)
     check_memory_efficient(memory_efficient, inplace, activation, activation_param)
     if not isinstance(input, Tensor):
         raise TypeError(f"batch_norm_act: input must be a Tensor, got {type(input).__name__}")
-    momentum, eps = checked_float("momentum", momentum), checked_float("eps", eps)
+    momentum = checked_float("batch_norm_act", "momentum", momentum)
+    eps = checked_float("batch_norm_act", "eps", eps)
     if not training and (running_mean is None or running_var is None):
         raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
                            "evaluation mode (training=False)")
     return fused_batch_norm_act(input, running_mean, running_var, weight, bias, bool(training),
                                 momentum, eps, activation, activation_param,
                                 residual, bool(memory_efficient), bool(inplace))
-
-
-def checked_float(name, value):
-    """float(value), or a TypeError naming the argument unless it is a real number (not a bool)."""
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"batch_norm_act: {name} must be a float, got {value!r}")
-    return float(value)
 
 
 # The layer op, looked up once (torch.ops attribute access resolves it on every call).
@@ -77,13 +63,8 @@ def fused_batch_norm_act(input, running_mean, running_var, weight, bias, trainin
     """batch_norm_act on checked arguments (activation resolved, memory_efficient/inplace
     validated, training a bool, momentum and eps floats): the modules' per-call path.
     num_batches_tracked, when given, is incremented by one (by the op itself in eager mode)."""
-    if (residual is not None and residual.dtype != input.dtype and not inplace
-            and torch.is_autocast_enabled(input.device.type)):
-        # Under autocast `batch_norm(x) + residual` promotes (e.g. a bfloat16 convolution output
-        # plus a float32 shortcut gives float32); so does the fused op, so that convert() keeps
-        # such models running. Outside autocast a dtype mismatch stays an error.
-        dtype = torch.promote_types(input.dtype, residual.dtype)
-        input, residual = input.to(dtype), residual.to(dtype)
+    if not inplace:  # inplace writes into input's storage, which keeps its dtype
+        input, residual = promoted_under_autocast(input, residual)
     tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
     if memory_efficient or tracing:
         if num_batches_tracked is not None:
@@ -102,85 +83,84 @@ def fused_batch_norm_act(input, running_mean, running_var, weight, bias, trainin
                      eps, activation, activation_param, num_batches_tracked)
 
 
-# resolve_activation's answers (per layer call, its checks cost as much host time as a kernel
-# dispatch): keyed by the parameter's type too, so that True (refused) is never 1.0 (accepted).
-_RESOLVED_ACTIVATIONS = {}
+def _per_channel(input):
+    return input.new_empty((input.shape[1],), dtype=acc_dtype(input.dtype))
 
 
-def _resolved_activation(activation, activation_param):
-    if torch.compiler.is_compiling():  # a graph resolves once; guarding on the cache would recompile
-        return resolve_activation(activation, activation_param)
-    key = (activation, type(activation_param), activation_param)
-    try:
-        return _RESOLVED_ACTIVATIONS[key]
-    except (KeyError, TypeError):  # TypeError: an unhashable argument, which resolve refuses
-        resolved = resolve_activation(activation, activation_param)
-        if len(_RESOLVED_ACTIVATIONS) < 1024:
-            _RESOLVED_ACTIVATIONS[key] = resolved
-        return resolved
+@torch.library.register_fake("pyfusedbn::batch_norm_stats")
+def _stats_fake(input):
+    return _per_channel(input), _per_channel(input)
 
 
-class BatchNormActFunction(torch.autograd.Function):
-    """The autograd of batch_norm_act under torch.compile and torch.export (eager runs the C++
-    one, which does the same). Forward: one op (statistics, running-stat update, normalise/affine/residual/activation).
-    Backward: one op (reduce, per-channel finalize, elementwise pass). Saves input, mean and
-    invstd (and residual when given: the activation's derivative needs the full pre-activation
-    value)."""
-
-    @staticmethod
-    def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
-                momentum, eps, activation, activation_param):
-        out, mean, invstd = _fused_forward(input, weight, bias, residual, running_mean,
-                                           running_var, training, momentum, eps, activation,
-                                           activation_param, any(ctx.needs_input_grad[:4]))
-        ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
-        ctx.training = training
-        ctx.eps = eps
-        ctx.activation = activation
-        ctx.activation_param = activation_param
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        input, weight, bias, residual, mean, invstd = ctx.saved_tensors
-        if torch.is_grad_enabled():
-            # create_graph=True (double backward): differentiate a composite of torch ops instead.
-            grads = composite_grads(grad_out, input, weight, bias, residual, mean, invstd,
-                                    ctx.training, ctx.eps, ctx.activation, ctx.activation_param,
-                                    ctx.needs_input_grad[:4])
-        else:
-            grads = _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd)
-        return grads + (None,) * 7
+@torch.library.register_fake("pyfusedbn::batch_norm_act_train")
+def _train_fake(input, weight, bias, residual, running_mean, running_var, momentum, eps,
+                activation, activation_param, num_batches_tracked=None):
+    check_devices("batch_norm_act_train", input, weight=weight, bias=bias, residual=residual,
+                  running_mean=running_mean, running_var=running_var,
+                  num_batches_tracked=num_batches_tracked)
+    return like_input(input), _per_channel(input), _per_channel(input)
 
 
-def _fused_forward(input, weight, bias, residual, running_mean, running_var, training, momentum,
-                   eps, activation, activation_param, need_backward=True):
-    """(output, mean, invstd), each one op: the training op (batch statistics) or an eval op
-    (running ones). In eval mode without backward (inference, export) mean and invstd are None:
-    not computed."""
-    if training:
-        return ops.batch_norm_act_train(input, weight, bias, residual, running_mean, running_var,
-                                        momentum, eps, activation, activation_param)
-    # torch.export traces the forward only: nothing will read the statistics.
-    if need_backward and not _is_exporting():
-        # Copies of the statistics: the buffers may be updated in place before backward runs.
-        return ops.batch_norm_act_eval_for_backward(input, running_mean, running_var, weight, bias,
-                                                    residual, eps, activation, activation_param)
-    out = ops.batch_norm_act_eval(input, running_mean, running_var, weight, bias, residual, eps,
-                                  activation, activation_param)
-    return out, None, None
+@torch.library.register_fake("pyfusedbn::batch_norm_act_eval")
+def _eval_fake(input, running_mean, running_var, weight, bias, residual, eps, activation,
+               activation_param):
+    check_devices("batch_norm_act_eval", input, weight=weight, bias=bias, residual=residual,
+                  running_mean=running_mean, running_var=running_var)
+    return like_input(input)
 
 
-def _fused_backward(ctx, grad_out, input, weight, bias, residual, mean, invstd, from_output=False):
-    """(grad_input, grad_weight, grad_bias, grad_residual) from the one backward op, None where
-    ctx.needs_input_grad says no. `input` is what forward saved: its input, or with
-    from_output=True its output (the memory-saving mode rebuilds the pre-activation from it)."""
-    return tuple(ops.batch_norm_act_backward(
-        grad_out, input, mean, invstd, weight, bias, residual, ctx.training, ctx.activation,
-        ctx.activation_param, from_output, ctx.needs_input_grad[:4]))
+@torch.library.register_fake("pyfusedbn::batch_norm_act")
+def _layer_fake(input, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+                activation, activation_param, num_batches_tracked=None):
+    check_devices("batch_norm_act", input, weight=weight, bias=bias, residual=residual,
+                  running_mean=running_mean, running_var=running_var,
+                  num_batches_tracked=num_batches_tracked)
+    return like_input(input)
 
 
-def _memory_format(t):
-    from torch._prims_common import suggest_memory_format
+@torch.library.register_fake("pyfusedbn::batch_norm_act_eval_for_backward")
+def _eval_for_backward_fake(input, running_mean, running_var, weight, bias, residual, eps,
+                            activation, activation_param):
+    check_devices("batch_norm_act_eval_for_backward", input, weight=weight, bias=bias,
+                  residual=residual, running_mean=running_mean, running_var=running_var)
+    return like_input(input), _per_channel(input), _per_channel(input)
 
-    return suggest_memory_format(t)
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_apply")
+def _apply_fake(input, mean, invstd, weight, bias, residual, activation, activation_param):
+    check_devices("batch_norm_act_apply", input, mean=mean, invstd=invstd, weight=weight, bias=bias,
+                  residual=residual)
+    return like_input(input)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward_reduce")
+def _reduce_fake(grad_out, saved, mean, invstd, weight, bias, residual, activation,
+                 activation_param, from_output=False):
+    check_devices("batch_norm_act_backward_reduce", saved, grad_out=grad_out, mean=mean,
+                  invstd=invstd, weight=weight, bias=bias, residual=residual)
+    return _per_channel(saved), _per_channel(saved)
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward_elemt")
+def _elemt_fake(grad_out, saved, mean, invstd, weight, bias, residual, mean_g, mean_g_xhat,
+                activation, activation_param, from_output=False):
+    check_devices("batch_norm_act_backward_elemt", saved, grad_out=grad_out, mean=mean,
+                  invstd=invstd, weight=weight, bias=bias, residual=residual, mean_g=mean_g,
+                  mean_g_xhat=mean_g_xhat)
+    grad_residual = like_input(saved) if residual is not None else saved.new_empty((0,))
+    return like_input(saved), grad_residual
+
+
+@torch.library.register_fake("pyfusedbn::batch_norm_act_backward")
+def _backward_fake(grad_out, saved, mean, invstd, weight, bias, residual, training, activation,
+                   activation_param, from_output, output_mask):
+    check_devices("batch_norm_act_backward", saved, grad_out=grad_out, mean=mean, invstd=invstd,
+                  weight=weight, bias=bias, residual=residual)
+    need_input, need_weight, need_bias, need_residual = output_mask
+    # Parameter gradients in the parameter's dtype (the C++ op computes them there).
+    return (like_input(saved) if need_input else None,
+            torch.empty_like(weight, memory_format=torch.contiguous_format)
+            if need_weight and weight is not None else None,
+            torch.empty_like(bias, memory_format=torch.contiguous_format)
+            if need_bias and bias is not None else None,
+            like_input(saved) if need_residual and residual is not None else None)
