@@ -3,8 +3,7 @@ modules on the fused GroupNorm op, with an optional residual in forward.
 
 Each subclasses the torch module it replaces (nn.GroupNorm, _InstanceNorm, nn.LayerNorm), so
 parameters, buffers, defaults and state_dict keys are exactly torch's: a state_dict loads both
-ways. The functional forms live beside the GroupNorm one: pyfusedbn/group_norm.py and
-pyfusedbn/instance_layer_norm.py.
+ways. Their functional forms: pyfusedbn/group_norm.py.
 """
 import warnings
 from typing import Optional
@@ -12,24 +11,18 @@ from typing import Optional
 from torch import Tensor, nn
 from torch.nn.modules.instancenorm import _InstanceNorm
 
+from ._common import ActivationRepr
 from .activations import resolve_activation
-from .group_norm import group_norm_act
-from .instance_layer_norm import instance_norm_act, layer_norm_act_2d
+from .group_norm import group_norm_act, instance_norm_act, layer_norm_act_2d
 
 
-class _ActivationMixin:
+class _ActivationMixin(ActivationRepr):
     """The activation's two attributes, validated at construction, shown in repr."""
 
     def _set_activation(self, activation, activation_param):
         resolve_activation(activation, activation_param)  # ValueError naming the valid choices
         self.activation = activation
         self.activation_param = activation_param
-
-    def extra_repr(self) -> str:
-        text = super().extra_repr() + f", activation={self.activation}"
-        if self.activation_param is not None:
-            text += f", activation_param={self.activation_param}"
-        return text
 
 
 class GroupNormAct(_ActivationMixin, nn.GroupNorm):

@@ -27,8 +27,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-# functional imports this module; its helpers are looked up at call time.
-from . import functional as _functional
+from ._ops import ops
+from .batch_norm_autograd import fused_forward
 
 # The activations the backward can invert, and the one whose parameter must be positive for it.
 INVERTIBLE_ACTIVATIONS = ("identity", "leaky_relu", "elu")
@@ -73,7 +73,7 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
     def forward(ctx, input, weight, bias, residual, running_mean, running_var, training,
                 momentum, eps, activation, activation_param, inplace):
         weight_used = clamp_weight(weight)
-        out, mean, invstd = _functional._fused_forward(
+        out, mean, invstd = fused_forward(
             input, weight_used, bias, residual, running_mean, running_var, training, momentum,
             eps, activation, activation_param)
         if inplace:
@@ -95,9 +95,10 @@ class MemoryEfficientBatchNormActFunction(torch.autograd.Function):
                 "memory_efficient=True (the input was not kept); use memory_efficient=False")
         output, weight_used, bias, residual, mean, invstd = ctx.saved_tensors
         # grad_weight is the clamped weight's gradient, passed straight through to the weight.
-        grads = _functional._fused_backward(ctx, grad_out, output, weight_used, bias, residual,
-                                            mean, invstd, from_output=True)
-        return grads + (None,) * 8
+        grads = ops.batch_norm_act_backward(
+            grad_out, output, mean, invstd, weight_used, bias, residual, ctx.training,
+            ctx.activation, ctx.activation_param, True, ctx.needs_input_grad[:4])
+        return tuple(grads) + (None,) * 8
 
 
 def apply_memory_efficient(input, weight, bias, residual, running_mean, running_var, training,

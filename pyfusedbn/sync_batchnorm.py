@@ -11,15 +11,17 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+from torch._prims_common import suggest_memory_format
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ._ops import acc_dtype, ops
+from ._common import acc_dtype
+from ._ops import ops
 from .activations import resolve_activation
-from .functional import _memory_format, batch_norm_act
-from .modules import _TORCH_HAS_BN_BIAS, _BatchNormAct
+from .batch_norm import batch_norm_act
+from .batch_norm_modules import TORCH_HAS_BN_BIAS, BatchNormActBase
 
 
-class SyncBatchNormAct(_BatchNormAct):
+class SyncBatchNormAct(BatchNormActBase):
     """nn.SyncBatchNorm + activation (+ residual): input (N, C, ...), any rank >= 2.
 
     process_group: the group whose ranks share statistics (None: the default WORLD group).
@@ -130,7 +132,7 @@ class SyncBatchNormActFunction(torch.autograd.Function):
         else:
             out = torch.empty_like(input)
         ctx.save_for_backward(input, weight, bias, residual, mean, invstd)
-        ctx.memory_format = _memory_format(input)
+        ctx.memory_format = suggest_memory_format(input)
         ctx.count = count
         ctx.activation, ctx.activation_param = activation, activation_param
         ctx.process_group = process_group
@@ -177,11 +179,11 @@ def convert_sync_batchnorm(module: torch.nn.Module, process_group=None) -> torch
     BatchNormAct layers are not carried over: the synchronised layer saves its input."""
     converted = module
     if isinstance(module, _BatchNorm):
-        if isinstance(module, _BatchNormAct):
+        if isinstance(module, BatchNormActBase):
             activation, activation_param = module.activation, module.activation_param
         else:
             activation, activation_param = "identity", None
-        kwargs = {"bias": module.bias is not None} if _TORCH_HAS_BN_BIAS else {}
+        kwargs = {"bias": module.bias is not None} if TORCH_HAS_BN_BIAS else {}
         converted = SyncBatchNormAct(
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats, activation, activation_param, process_group, **kwargs)

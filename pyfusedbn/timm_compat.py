@@ -13,10 +13,10 @@ from typing import Any, Dict, Optional
 
 from torch import nn
 
-from ._foreign_layers import is_identity
-from ._module_swap import SOURCE_ATTRIBUTE
-from ._torch_activations import NotFusable, module_activation
-from .modules import BatchNormAct2d
+from .batch_norm_modules import BatchNormAct2d
+from .conversion.foreign_layers import is_identity
+from .conversion.module_swap import SOURCE_ATTRIBUTE
+from .conversion.torch_activations import NotFusable, module_activation
 
 
 def _activation_module(act_layer, act_kwargs, inplace):

@@ -106,6 +106,24 @@ MODELS = {
     "mlp": (mlp, (8, 6)),
 }
 
+# How many norm layers convert() fuses in MODELS["resnet"]: its 12 BatchNorms less the two
+# downsample ones, whose outputs become the residual inputs of the bn3 they feed.
+RESNET_FUSED_LAYERS = 10
+
+FUSED_CLASSES = (pyfusedbn.BatchNormAct1d, pyfusedbn.BatchNormAct2d, pyfusedbn.BatchNormAct3d,
+                 pyfusedbn.SyncBatchNormAct, pyfusedbn.GroupNormAct, pyfusedbn.InstanceNormAct1d,
+                 pyfusedbn.InstanceNormAct2d, pyfusedbn.InstanceNormAct3d, pyfusedbn.LayerNormAct2d)
+
+
+def fused_layers(model):
+    """The number of pyfusedbn norm layers in model."""
+    return sum(isinstance(m, FUSED_CLASSES) for m in model.modules())
+
+
+def kernel_calls(device):
+    """pyfusedbn's own kernel launches so far on device ("cpu" or "cuda")."""
+    return torch.ops.pyfusedbn.kernel_calls(torch.device(device).type)
+
 
 def step(model, x, seed=1):
     """One forward + backward of a fixed random projection of the output: returns the output,

@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pyfusedbn
-from example_models import MODELS, assert_same_state, seeded, step
+from example_models import (MODELS, RESNET_FUSED_LAYERS, assert_same_state, fused_layers,
+                            kernel_calls, seeded, step)
 from helpers import TOLERANCE, assert_as_accurate_as
 
 # (device, dtype) pairs: CPU bfloat16 always; CUDA float16 and bfloat16 where there is a GPU.
@@ -38,19 +39,25 @@ def assert_as_accurate(actual, expected, truth, dtype):
 
 def autocast_steps(model, reference, x, device, dtype, direct):
     """A train-mode step then an eval-mode step under autocast, against the reference under
-    autocast: directly at dtype's tolerance (direct=True), or by distance to float32."""
+    autocast: directly at dtype's tolerance (direct=True), or by distance to float32. Returns how
+    many of pyfusedbn's kernels model's steps ran."""
     truth_model = copy.deepcopy(model)
+    calls = 0
     for training in (True, False):
         for m in (model, reference, truth_model):
             m.train(training), m.zero_grad()
         truth = step(truth_model, x)
         with torch.autocast(device, dtype=dtype):
-            actual, expected = step(model, x), step(reference, x)
+            before = kernel_calls(device)
+            actual = step(model, x)
+            calls += kernel_calls(device) - before
+            expected = step(reference, x)
         assert actual["output"].dtype == expected["output"].dtype == dtype
         if direct:
             assert_same_state(actual, expected, TOLERANCE[dtype])
         else:
             assert_as_accurate(actual, expected, truth, dtype)
+    return calls
 
 
 @pytest.mark.parametrize("device,dtype", CASES)
@@ -67,8 +74,10 @@ def test_converted_resnet_under_autocast(device, dtype):
     factory, shape = MODELS["resnet"]
     original = seeded(factory).to(device)
     converted = pyfusedbn.convert(original)
-    autocast_steps(converted, original, torch.randn(shape, device=device), device, dtype,
-                   direct=False)
+    assert fused_layers(converted) == len(converted.pyfusedbn_report.fused) == RESNET_FUSED_LAYERS
+    calls = autocast_steps(converted, original, torch.randn(shape, device=device), device, dtype,
+                           direct=False)
+    assert calls > 0, "the converted model ran none of pyfusedbn's kernels"
 
 
 class FloatShortcut(nn.Module):

@@ -12,7 +12,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 import pyfusedbn
-from example_models import MODELS, ResidualPair, assert_same_state, seeded, step
+from example_models import (MODELS, RESNET_FUSED_LAYERS, ResidualPair, assert_same_state,
+                            fused_layers, kernel_calls, seeded, step)
 from helpers import TOLERANCE
 
 TOL = TOLERANCE[torch.float32]
@@ -27,15 +28,26 @@ def fresh_dynamo():
 
 
 def assert_compiled_matches_eager(model, x, backend, steps):
-    """`steps` train-mode steps then one eval-mode step, compiled vs an eager copy."""
+    """`steps` train-mode steps then one eval-mode step, compiled vs an eager copy. Returns how
+    many of pyfusedbn's CPU kernels the compiled model ran."""
     eager = copy.deepcopy(model)
     compiled = torch.compile(model, fullgraph=True, backend=backend)
+    calls = 0
+
+    def compiled_step(seed):
+        nonlocal calls
+        before = kernel_calls("cpu")
+        state = step(compiled, x, seed=seed)
+        calls += kernel_calls("cpu") - before
+        return state
+
     for i in range(steps):
-        assert_same_state(step(compiled, x, seed=i), step(eager, x, seed=i), TOL)
+        assert_same_state(compiled_step(i), step(eager, x, seed=i), TOL)
         model.zero_grad(), eager.zero_grad()
     model.eval(), eager.eval()
-    assert_same_state(step(compiled, x), step(eager, x), TOL)
+    assert_same_state(compiled_step(1), step(eager, x), TOL)
     assert not counters["graph_break"], dict(counters["graph_break"])
+    return calls
 
 
 def test_inductor_train_and_eval():
@@ -48,7 +60,9 @@ def test_inductor_train_and_eval():
 def test_converted_resnet_aot_eager():
     factory, shape = MODELS["resnet"]
     model = pyfusedbn.convert(seeded(factory))
-    assert_compiled_matches_eager(model, torch.randn(shape), "aot_eager", steps=1)
+    assert fused_layers(model) == len(model.pyfusedbn_report.fused) == RESNET_FUSED_LAYERS
+    calls = assert_compiled_matches_eager(model, torch.randn(shape), "aot_eager", steps=1)
+    assert calls > 0, "the compiled model ran none of pyfusedbn's kernels"
 
 
 def test_explain_reports_no_graph_break():

@@ -11,7 +11,7 @@ from torch import fx
 import pyfusedbn
 from example_models import MODELS, assert_same_state, seeded, step
 from helpers import TOLERANCE
-from pyfusedbn._torch_activations import activation_module, module_activation
+from pyfusedbn.conversion.torch_activations import activation_module, module_activation
 from pyfusedbn.activations import ACTIVATIONS
 
 TOL = TOLERANCE[torch.float32]
@@ -19,7 +19,7 @@ TOL = TOLERANCE[torch.float32]
 
 def fused_modules(model):
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, pyfusedbn.modules._BatchNormAct)}
+            if isinstance(m, pyfusedbn.batch_norm_modules.BatchNormActBase)}
 
 
 def assert_same_training(model, reference, x, steps=2):

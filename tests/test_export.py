@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pyfusedbn
-from pyfusedbn.functional import _EXPORT_FLAG_RELIABLE
+from pyfusedbn.batch_norm_autograd import EXPORT_FLAG_RELIABLE
 from example_models import MODELS, ResidualPair, seeded
 from helpers import TOLERANCE, assert_close
 
@@ -29,8 +29,8 @@ def test_export_eval_runs_with_same_numbers(name):
     program = torch.export.export(model, (x,))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     # Before torch 2.13 the export flag can't be told from torch.compile's, so the eval forward
-    # keeps its statistics (pyfusedbn.functional._EXPORT_FLAG_RELIABLE).
-    eval_op = ("pyfusedbn.batch_norm_act_eval.default" if _EXPORT_FLAG_RELIABLE
+    # keeps its statistics (pyfusedbn.batch_norm_autograd.EXPORT_FLAG_RELIABLE).
+    eval_op = ("pyfusedbn.batch_norm_act_eval.default" if EXPORT_FLAG_RELIABLE
                else "pyfusedbn.batch_norm_act_eval_for_backward.default")
     assert eval_op in targets, targets
     with torch.no_grad():

@@ -7,7 +7,7 @@ import torch.nn as nn
 import pyfusedbn
 from example_models import MODELS, seeded
 from helpers import TOLERANCE, assert_close
-from pyfusedbn.modules import _BatchNormAct
+from pyfusedbn.batch_norm_modules import BatchNormActBase
 
 TOL = TOLERANCE[torch.float32]
 
@@ -75,7 +75,7 @@ def test_fold_sequential_conv_fused_and_unfoldable(trace):
     assert [n for n, _ in report.fused] == ["1"]
     assert "not Conv" in dict(report.skipped)["3"], report
     assert type(folded.get_submodule("1")) is nn.LeakyReLU
-    assert not any(isinstance(m, _BatchNormAct) for m in folded.modules())
+    assert not any(isinstance(m, BatchNormActBase) for m in folded.modules())
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert_close("output", folded(x), model(x), TOL)

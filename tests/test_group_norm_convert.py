@@ -1,12 +1,12 @@
-"""The GroupNorm family's convert/revert table: a torch norm + activation becomes the fused
+"""The GroupNorm family's entries of convert/revert's norm table: a torch norm + activation becomes the fused
 module with the same parameter objects and outputs, and back."""
 import pytest
 import torch
 from torch import nn
 
-from pyfusedbn.group_norm_convert import (FUSED_TO_NORM, NORM_TO_FUSED, fused_from_norm,
-                                          is_fused_group_family_norm, is_plain_group_family_norm,
-                                          norm_from_fused)
+from pyfusedbn.conversion.module_swap import (FUSED_TO_NORM, NORM_TO_FUSED, fused_from_norm,
+                                             is_convertible_norm, is_fused, is_per_sample_norm,
+                                             norm_from_fused)
 from helpers import TOLERANCE, assert_close
 
 NORMS = [
@@ -30,10 +30,10 @@ def test_convert_and_revert_keep_state_and_outputs(make, shape, training):
     reference = nn.Sequential(make(), nn.GELU(approximate="tanh"))
     reference[0].load_state_dict(norm.state_dict())
     reference.train(training)
-    assert is_plain_group_family_norm(norm) and not is_fused_group_family_norm(norm)
+    assert is_convertible_norm(norm) and is_per_sample_norm(norm) and not is_fused(norm)
     params = dict(norm.named_parameters())
     fused = fused_from_norm(norm, "gelu_tanh")
-    assert type(fused) is NORM_TO_FUSED[type(norm)] and is_fused_group_family_norm(fused)
+    assert type(fused) is NORM_TO_FUSED[type(norm)] and is_fused(fused) and is_per_sample_norm(fused)
     assert fused.training == training
     for name, p in fused.named_parameters():
         assert p is params[name]
@@ -49,7 +49,7 @@ def test_subclasses_are_left_alone():
     class MyGroupNorm(nn.GroupNorm):
         pass
 
-    assert not is_plain_group_family_norm(MyGroupNorm(2, 4))
+    assert not is_convertible_norm(MyGroupNorm(2, 4))
 
 
 class _UNetBlock(nn.Module):

@@ -28,9 +28,26 @@ def test_forward_and_backward_run_the_cpu_kernels():
     assert ops.kernel_calls("cpu") - before == 4
 
 
+def cpu_kernel_source(op):
+    """Where the dispatcher's CPU kernel of op was registered (a C++ file:line, or torch's
+    library.py for a kernel registered from Python)."""
+    for line in torch._C._dispatch_dump(op).splitlines():
+        if line.startswith("CPU: registered at "):
+            return line[len("CPU: registered at "):].split(" :: ")[0]
+    raise AssertionError(f"{op} has no CPU kernel:\n{torch._C._dispatch_dump(op)}")
+
+
 def test_module_uses_the_op_library():
     library_file = pyfusedbn._ops._C.__file__
     assert library_file.endswith(".so") or library_file.endswith(".pyd"), library_file
+    # Every op's CPU kernel is C++ from this project's csrc/, not a Python registration.
+    for op in OP_NAMES + ("batch_norm_act_backward", "group_norm_act", "group_norm_act_backward"):
+        source = cpu_kernel_source(f"pyfusedbn::{op}")
+        assert "csrc/" in source and source.split(":")[0].endswith(".cpp"), (op, source)
+    for module in (pyfusedbn.BatchNormAct2d(3), pyfusedbn.GroupNormAct(1, 3)):
+        before = ops.kernel_calls("cpu")
+        module(torch.randn(2, 3, 4, 4))
+        assert ops.kernel_calls("cpu") > before, type(module).__name__
 
 
 def test_poison_fixture_poisons(poison_empty):

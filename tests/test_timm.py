@@ -12,7 +12,7 @@ import pyfusedbn
 from benchmarks import zoo_models
 from example_models import assert_same_state, seeded, step
 from helpers import TOLERANCE
-from pyfusedbn._foreign_layers import _TIMM_ACTIVATIONS
+from pyfusedbn.conversion.foreign_layers import TIMM_ACTIVATION_CLASSES
 
 LIBRARIES = zoo_models.import_libraries()
 if isinstance(LIBRARIES["timm"], str):
@@ -27,7 +27,7 @@ TOL = TOLERANCE[torch.float32]
 
 
 def fused_modules(model):
-    return [m for m in model.modules() if isinstance(m, pyfusedbn.modules._BatchNormAct)]
+    return [m for m in model.modules() if isinstance(m, pyfusedbn.batch_norm_modules.BatchNormActBase)]
 
 
 def assert_same_training(model, reference, x, steps=2, tol=TOL):
@@ -63,7 +63,7 @@ def _convert_and_check(norm, then=lambda y, x: y, trace=True):
 
 
 # Every timm activation class pyfusedbn maps, by the name it has in timm.layers.
-TIMM_ACTIVATIONS = [(cls, activation) for cls, activation in _TIMM_ACTIVATIONS.items()
+TIMM_ACTIVATIONS = [(cls, activation) for cls, activation in TIMM_ACTIVATION_CLASSES.items()
                     if hasattr(tl, cls) or hasattr(tl.activations_me, cls)]
 
 

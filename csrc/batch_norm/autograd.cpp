@@ -5,7 +5,9 @@
 // The forward calls batch_norm_act_train / _eval_for_backward / _eval and the backward calls
 // batch_norm_act_backward, through the dispatcher, so every device's kernels serve it. With
 // create_graph=True the backward instead calls batch_norm_act_composite_backward, the
-// differentiable torch-op composite (pyfusedbn/functional.py registers it).
+// differentiable torch-op composite (pyfusedbn/composite.py registers it). What is saved and the
+// backward are also ops (batch_norm_act_saves, batch_norm_act_layer_backward) that the Python
+// autograd of torch.compile and torch.export calls: one definition for both paths.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -77,6 +79,44 @@ Tensor act_backward_from_output(const Tensor& grad_out, const Tensor& output, co
   return at::leaky_relu_backward(grad_out, output, param, /*self_is_result=*/true);
 }
 
+// What batch_norm_act's autograd saves beside input, weight, bias, mean and invstd: (residual,
+// output). With a residual, z = bn(x) + residual; the backward needs act'(z) and x - mean. For
+// the activations whose act' reads off the output, the output is saved instead of the residual
+// (nothing for identity): in ResNet's downsampling blocks the residual is the shortcut
+// BatchNorm's output, which nothing else keeps, while the output is the next convolution's
+// input, which it saves. The op batch_norm_act_saves: the Python autograd asks the same.
+std::tuple<bool, bool> saves(bool has_residual, const std::string& activation, double param) {
+  const bool grad_from_output = has_residual && act_grad_reads_output(activation, param);
+  return {has_residual && !grad_from_output, grad_from_output && activation != "identity"};
+}
+
+// The backward of both autograds (this file's and pyfusedbn/batch_norm_autograd.py's, through
+// the op batch_norm_act_layer_backward) from what the forward saved.
+Grads layer_backward(const Tensor& grad_out, const Tensor& input, const OptTensor& weight, const OptTensor& bias,
+                     const OptTensor& residual, const Tensor& mean, const Tensor& invstd, const OptTensor& output,
+                     bool has_residual, bool training, double eps, const std::string& activation, double param,
+                     std::array<bool, 4> mask) {
+  if (has_residual && act_grad_reads_output(activation, param)) {
+    // dz = grad_out * act'(z) from the saved output; the rest is the identity's backward
+    // without a residual, and dz is the residual's gradient.
+    const Tensor dz = act_backward_from_output(grad_out, value_or_undefined(output), activation, param);
+    const std::array<bool, 4> bn_mask{mask[0], mask[1], mask[2], false};
+    Grads grads = layer_backward(dz, input, weight, bias, c10::nullopt, mean, invstd, c10::nullopt, false,
+                                 training, eps, "identity", 0.0, bn_mask);
+    std::get<3>(grads) = mask[3] ? OptTensor(dz) : c10::nullopt;
+    return grads;
+  }
+  if (at::GradMode::is_enabled()) {
+    // create_graph=True: gradients that are themselves differentiable.
+    static const auto composite = op_handle<CompositeBackwardSig>("pyfusedbn::batch_norm_act_composite_backward");
+    return composite.call(grad_out, input, weight, bias, residual, mean, invstd, training, eps, activation, param,
+                          mask);
+  }
+  static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::batch_norm_act_backward");
+  return backward_op.call(grad_out, input, mean, invstd, weight, bias, residual, training, activation, param, false,
+                          mask);
+}
+
 class BatchNormActFunction : public torch::autograd::Function<BatchNormActFunction> {
  public:
   // Optional tensors go in as c10::optional: a None is then no autograd input at all, so
@@ -88,17 +128,10 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [out, mean, invstd] = forward_ops(input, weight, bias, residual, running_mean, running_var, training,
                                            momentum, eps, activation, param, num_batches_tracked, need_backward);
-    // With a residual, z = bn(x) + residual; the backward needs act'(z) and x - mean. For the
-    // activations whose act' reads off the output, the output is saved instead of the residual:
-    // in ResNet's downsampling blocks the residual is the shortcut BatchNorm's output, which
-    // nothing else keeps, while the output is the next convolution's input, which it saves.
-    const bool grad_from_output = residual.has_value() && act_grad_reads_output(activation, param);
-    const Tensor saved_residual = grad_from_output ? Tensor() : value_or_undefined(residual);
-    const Tensor saved_output = grad_from_output && activation != "identity" ? out : Tensor();
-    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias), saved_residual, mean,
-                            invstd, saved_output});
+    const auto [save_residual, save_output] = saves(residual.has_value(), activation, param);
+    ctx->save_for_backward({input, value_or_undefined(weight), value_or_undefined(bias),
+                            save_residual ? *residual : Tensor(), mean, invstd, save_output ? out : Tensor()});
     ctx->saved_data["has_residual"] = residual.has_value();
-    ctx->saved_data["grad_from_output"] = grad_from_output;
     ctx->saved_data["training"] = training;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["activation"] = activation;
@@ -120,43 +153,11 @@ class BatchNormActFunction : public torch::autograd::Function<BatchNormActFuncti
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
-    const Tensor &input = saved[0], &mean = saved[4], &invstd = saved[5];
-    const OptTensor weight = defined_or_none(saved[1]), bias = defined_or_none(saved[2]),
-                    residual = defined_or_none(saved[3]);
-    const bool training = ctx->saved_data["training"].toBool();
-    const std::string activation = ctx->saved_data["activation"].toStringRef();
-    const double param = ctx->saved_data["param"].toDouble();
-    const std::array<bool, 4> mask = grad_mask(ctx, saved);
-    if (ctx->saved_data["grad_from_output"].toBool()) {
-      // dz = grad_out * act'(z) from the saved output; the rest is the identity's backward
-      // without a residual, and dz is the residual's gradient.
-      const Tensor dz = act_backward_from_output(grad_outputs[0], saved[6], activation, param);
-      const std::array<bool, 4> bn_mask{mask[0], mask[1], mask[2], false};
-      Grads grads;
-      if (at::GradMode::is_enabled()) {
-        static const auto composite = op_handle<CompositeBackwardSig>("pyfusedbn::batch_norm_act_composite_backward");
-        grads = composite.call(dz, input, weight, bias, c10::nullopt, mean, invstd, training,
-                               ctx->saved_data["eps"].toDouble(), "identity", 0.0, bn_mask);
-      } else {
-        static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::batch_norm_act_backward");
-        grads = backward_op.call(dz, input, mean, invstd, weight, bias, c10::nullopt, training, "identity", 0.0,
-                                 false, bn_mask);
-      }
-      std::get<3>(grads) = mask[3] ? OptTensor(dz) : c10::nullopt;
-      return gradients_of(grads);
-    }
-    Grads grads;
-    if (at::GradMode::is_enabled()) {
-      // create_graph=True: gradients that are themselves differentiable.
-      static const auto composite = op_handle<CompositeBackwardSig>("pyfusedbn::batch_norm_act_composite_backward");
-      grads = composite.call(grad_outputs[0], input, weight, bias, residual, mean, invstd, training,
-                             ctx->saved_data["eps"].toDouble(), activation, param, mask);
-    } else {
-      static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::batch_norm_act_backward");
-      grads = backward_op.call(grad_outputs[0], input, mean, invstd, weight, bias, residual, training, activation,
-                               param, false, mask);
-    }
-    return gradients_of(grads);
+    return gradients_of(layer_backward(
+        grad_outputs[0], saved[0], defined_or_none(saved[1]), defined_or_none(saved[2]), defined_or_none(saved[3]),
+        saved[4], saved[5], defined_or_none(saved[6]), ctx->saved_data["has_residual"].toBool(),
+        ctx->saved_data["training"].toBool(), ctx->saved_data["eps"].toDouble(),
+        ctx->saved_data["activation"].toStringRef(), ctx->saved_data["param"].toDouble(), grad_mask(ctx, saved)));
   }
 
  private:
@@ -197,6 +198,13 @@ TORCH_LIBRARY_IMPL(pyfusedbn, Autograd, m) { m.impl("batch_norm_act", &batch_nor
 
 TORCH_LIBRARY_IMPL(pyfusedbn, CompositeExplicitAutograd, m) {
   m.impl("batch_norm_act", &batch_norm_act_forward_only);
+}
+
+// The autograd's rules as ops (schemas in layer_autograd_ops.cpp) for the Python autograd that
+// torch.compile and torch.export trace: one definition for both paths.
+TORCH_LIBRARY_IMPL(pyfusedbn, CompositeImplicitAutograd, m) {
+  m.impl("batch_norm_act_saves", &saves);
+  m.impl("batch_norm_act_layer_backward", &layer_backward);
 }
 
 }  // namespace pyfusedbn

@@ -1,4 +1,4 @@
-"""torch.fx passes for convert/revert (fold's is _fx_fold): trace, find the patterns, rewrite
+"""torch.fx passes for convert/revert (fold's is in folding.py): trace, find the patterns, rewrite
 the graph.
 
 The GraphModule keeps every module at its qualified name, so state_dict keys do not change.
@@ -10,11 +10,11 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from ._foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
-from ._module_swap import (batch_norm_from_fused, fused_from_batch_norm, hook_reason,
-                           inner_activation, is_convertible_norm, is_fused)
-from ._torch_activations import (NotFusable, function_activation, method_activation,
-                                 module_activation)
+from .foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
+from .module_swap import (fused_from_norm, hook_reason, inner_activation, is_convertible_norm,
+                          is_fused, norm_from_fused)
+from .torch_activations import (NotFusable, function_activation, method_activation,
+                                module_activation)
 
 
 class _Tracer(fx.Tracer):
@@ -56,12 +56,12 @@ def _call_counts(graph):
     return Counter(n.target for n in graph.nodes if n.op == "call_module")
 
 
-def _set_module(gm, target, module):
+def set_module(gm, target, module):
     parent, _, name = target.rpartition(".")
     setattr(gm.get_submodule(parent), name, module)
 
 
-def _describe(node):
+def describe(node):
     if node.op == "call_module":
         module = node.graph.owning_module.get_submodule(node.target)
         return f"{node.target} ({type(module).__name__})"
@@ -72,10 +72,10 @@ def _describe(node):
     return node.op
 
 
-def _single_user(node, what):
+def single_user(node, what):
     users = list(node.users)
     if len(users) != 1:
-        names = ", ".join(_describe(u) for u in users) or "none"
+        names = ", ".join(describe(u) for u in users) or "none"
         raise NotFusable(f"{what} has {len(users)} users ({names}); fusing needs exactly one")
     return users[0]
 
@@ -90,7 +90,7 @@ def _call_kwargs(node):
     except Exception:  # ambiguous or unknown signature
         pair = None
     if pair is None:
-        raise NotFusable(f"could not read the arguments of {_describe(node)}")
+        raise NotFusable(f"could not read the arguments of {describe(node)}")
     return pair.kwargs
 
 
@@ -109,7 +109,7 @@ def _activation(node, value, modules):
     if node.op == "call_function":
         kwargs = _call_kwargs(node)
         if kwargs.get("input") is not value:
-            raise NotFusable(f"the value is not the input of {_describe(node)}")
+            raise NotFusable(f"the value is not the input of {describe(node)}")
         return function_activation(node.target, kwargs)
     if node.op == "call_method" and node.args == (value,) and not node.kwargs:
         return method_activation(node.target)
@@ -127,7 +127,7 @@ def _residual_operand(add, value):
     if add.target not in table:
         return None
     if len(add.args) != 2 or set(add.kwargs) - {"alpha"} or add.kwargs.get("alpha", 1) != 1:
-        raise NotFusable(f"{_describe(add)} with alpha or extra arguments is not a plain add")
+        raise NotFusable(f"{describe(add)} with alpha or extra arguments is not a plain add")
     first, second = add.args
     other = second if first is value else first
     if table[add.target] and first is not value:
@@ -145,7 +145,7 @@ def _may_mutate(node, modules):
             or node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv))
 
 
-def _rewrite_each(gm, report, wanted, rewrite):
+def rewrite_each(gm, report, wanted, rewrite):
     """rewrite(gm, node, modules, calls) -> what it did (or NotFusable: why not), for each call
     of a module that satisfies wanted()."""
     modules = dict(gm.named_modules())
@@ -163,14 +163,14 @@ def _rewrite_each(gm, report, wanted, rewrite):
 
 
 def convert_graph(gm, report):
-    _rewrite_each(gm, report, is_convertible_norm, _fuse)
+    rewrite_each(gm, report, is_convertible_norm, _fuse)
 
 
 def revert_graph(gm, report):
-    _rewrite_each(gm, report, is_fused, _unfuse)
+    rewrite_each(gm, report, is_fused, _unfuse)
 
 
-def _residual_of(fused_node):
+def residual_of(fused_node):
     args = fused_node.args
     return fused_node.kwargs.get("residual", args[1] if len(args) > 1 else None)
 
@@ -187,34 +187,34 @@ def _fuse(gm, bn_node, modules, calls):
     inner = inner_activation(bn)
     if inner is not None:  # timm's BatchNormAct2d: its own activation, nothing to find after it
         activation, param, act = inner
-        _set_module(gm, bn_node.target, fused_from_batch_norm(bn, activation, param, act))
+        set_module(gm, bn_node.target, fused_from_norm(bn, activation, param, act))
         return f"{type(bn).__name__} with its {type(act).__name__} -> activation={activation!r}"
     if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
         return _fuse_keeping_drop(gm, bn_node, bn)
     _skip_identities(gm, bn_node, modules)
-    user = _single_user(bn_node, "the BatchNorm output")
+    user = single_user(bn_node, "the BatchNorm output")
     if user.op == "call_module" and is_fused(gm.get_submodule(user.target)) \
-            and bn_node is _residual_of(user):
-        raise NotFusable(f"its output is the residual of {_describe(user)}, fused with that add")
+            and bn_node is residual_of(user):
+        raise NotFusable(f"its output is the residual of {describe(user)}, fused with that add")
     residual = _residual_operand(user, bn_node)
     if residual is None:
         act_node = user
         try:
             activation, param = _activation(act_node, bn_node, modules)
         except NotFusable as e:
-            raise NotFusable(f"followed by {_describe(act_node)}: {e}") from None
+            raise NotFusable(f"followed by {describe(act_node)}: {e}") from None
     else:
         act_node, activation, param = _activation_after_add(user, modules)
     (x,) = bn_node.args
-    added = f" + add({_describe(residual)})" if residual is not None else ""
-    then = f" + {_describe(act_node)}" if act_node is not None else ""
+    added = f" + add({describe(residual)})" if residual is not None else ""
+    then = f" + {describe(act_node)}" if act_node is not None else ""
     done = f"{type(bn).__name__}{added}{then} -> activation={activation!r}"
     if residual is not None:
         # The fused op runs where the add was: check nothing in between writes into x.
         between = _nodes_between(bn_node, user)
         if any(u in between and _may_mutate(u, modules) for u in x.users):
             raise NotFusable("the BatchNorm input may be modified in place before the add")
-    _set_module(gm, bn_node.target, fused_from_batch_norm(bn, activation, param))
+    set_module(gm, bn_node.target, fused_from_norm(bn, activation, param))
     if residual is None:
         act_node.replace_all_uses_with(bn_node)
         gm.graph.erase_node(act_node)
@@ -258,7 +258,7 @@ def _skip_identities(gm, node, modules):
 def _fuse_keeping_drop(gm, bn_node, bn):
     """timm's BatchNormAct2d with no activation and a drop layer: the fused layer, then the
     drop layer as its own module (in the same order)."""
-    _set_module(gm, bn_node.target, fused_from_batch_norm(bn, "identity", None))
+    set_module(gm, bn_node.target, fused_from_norm(bn, "identity", None))
     drop_name = _free_name(gm, bn_node.target + "_drop")
     gm.add_submodule(drop_name, bn.drop)
     with gm.graph.inserting_after(bn_node):
@@ -277,10 +277,10 @@ def _nodes_between(first, last):
 
 def _unfuse(gm, node, modules, calls):
     fused = modules[node.target]
-    bn, act = batch_norm_from_fused(fused)
-    _set_module(gm, node.target, bn)
+    bn, act = norm_from_fused(fused)
+    set_module(gm, node.target, bn)
     users = list(node.users)
-    residual = _residual_of(node)
+    residual = residual_of(node)
     node.args, node.kwargs = node.args[:1], {}
     last = node
     if residual is not None:

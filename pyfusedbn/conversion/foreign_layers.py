@@ -29,7 +29,7 @@ TRAINING_DEPENDENT = ({"torchvision.ops.stochastic_depth.StochasticDepth"}
 # timm.layers activation class -> pyfusedbn activation. Each computes torch's function of the
 # same name (Swish is x * sigmoid(x), HardSwish x * relu6(x + 3) / 6, GELU F.gelu, ...); the
 # "Me" variants are the same functions with a hand-written backward. None takes a parameter.
-_TIMM_ACTIVATIONS = {
+TIMM_ACTIVATION_CLASSES = {
     "Swish": "silu", "SwishMe": "silu",
     "Mish": "mish", "MishMe": "mish",
     "HardSwish": "hardswish", "HardSwishMe": "hardswish",
@@ -37,7 +37,7 @@ _TIMM_ACTIVATIONS = {
     "Sigmoid": "sigmoid", "Tanh": "tanh",
 }
 TIMM_ACTIVATIONS = {name: activation
-                    for cls, activation in _TIMM_ACTIVATIONS.items()
+                    for cls, activation in TIMM_ACTIVATION_CLASSES.items()
                     for module in ("activations", "activations_me")
                     for name in _timm_names(module, cls)}
 

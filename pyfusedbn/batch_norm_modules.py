@@ -9,13 +9,14 @@ from typing import Optional
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ._common import ActivationRepr, checked_float, resolved_activation
 from .activations import resolve_activation
-from .functional import _resolved_activation, checked_float, fused_batch_norm_act
+from .batch_norm import fused_batch_norm_act
 from .memory_efficient import check_memory_efficient
 
 
 # torch added a keyword-only `bias` to BatchNorm (affine weight without bias); older versions lack it.
-_TORCH_HAS_BN_BIAS = "bias" in inspect.signature(_BatchNorm.__init__).parameters
+TORCH_HAS_BN_BIAS = "bias" in inspect.signature(_BatchNorm.__init__).parameters
 
 
 def _member(module, members, name):
@@ -25,7 +26,10 @@ def _member(module, members, name):
     return members[name] if name in members else getattr(module, name, None)
 
 
-class _BatchNormAct(_BatchNorm):
+class BatchNormActBase(ActivationRepr, _BatchNorm):
+    """What BatchNormAct1d/2d/3d and SyncBatchNormAct share: torch's _BatchNorm bookkeeping, the
+    activation and the memory-saving options."""
+
     # Class defaults too, so modules pickled before these options existed still run.
     memory_efficient = False
     inplace = False
@@ -34,7 +38,7 @@ class _BatchNormAct(_BatchNorm):
                  affine: bool = True, track_running_stats: bool = True, activation: str = "relu",
                  activation_param: Optional[float] = None, device=None, dtype=None, *,
                  bias: bool = True, memory_efficient: bool = False, inplace: bool = False) -> None:
-        if _TORCH_HAS_BN_BIAS:
+        if TORCH_HAS_BN_BIAS:
             super().__init__(num_features, eps, momentum, affine, track_running_stats,
                              device=device, dtype=dtype, bias=bias)
         else:  # older torch: emulate its later keyword-only bias=False
@@ -52,9 +56,7 @@ class _BatchNormAct(_BatchNorm):
         self.inplace = inplace
 
     def extra_repr(self) -> str:
-        text = super().extra_repr() + f", activation={self.activation}"
-        if self.activation_param is not None:
-            text += f", activation_param={self.activation_param}"
+        text = super().extra_repr()
         for option in ("memory_efficient", "inplace"):
             if getattr(self, option):
                 text += f", {option}=True"
@@ -63,7 +65,7 @@ class _BatchNormAct(_BatchNorm):
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
         self._check_input_dim(input)
         bn_training, momentum, running_mean, running_var, counter = self._batch_norm_arguments()
-        activation, activation_param = _resolved_activation(self.activation, self.activation_param)
+        activation, activation_param = resolved_activation(self.activation, self.activation_param)
         memory_efficient, inplace = bool(self.memory_efficient), bool(self.inplace)
         check_memory_efficient(memory_efficient, inplace, activation, activation_param)
         if not bn_training and (running_mean is None or running_var is None):
@@ -73,7 +75,8 @@ class _BatchNormAct(_BatchNorm):
         return fused_batch_norm_act(
             input, running_mean, running_var, _member(self, parameters, "weight"),
             _member(self, parameters, "bias"),
-            bn_training, checked_float("momentum", momentum), checked_float("eps", self.eps),
+            bn_training, checked_float("batch_norm_act", "momentum", momentum),
+            checked_float("batch_norm_act", "eps", self.eps),
             activation, activation_param, residual, memory_efficient, inplace, counter)
 
     def _batch_norm_arguments(self):
@@ -102,7 +105,7 @@ class _BatchNormAct(_BatchNorm):
                 running_var if use_running else None, counter)
 
 
-class BatchNormAct1d(_BatchNormAct):
+class BatchNormAct1d(BatchNormActBase):
     """nn.BatchNorm1d + activation: input (N, C) or (N, C, L)."""
 
     def _check_input_dim(self, input):
@@ -110,7 +113,7 @@ class BatchNormAct1d(_BatchNormAct):
             raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
 
 
-class BatchNormAct2d(_BatchNormAct):
+class BatchNormAct2d(BatchNormActBase):
     """nn.BatchNorm2d + activation: input (N, C, H, W), contiguous or channels_last."""
 
     def _check_input_dim(self, input):
@@ -118,7 +121,7 @@ class BatchNormAct2d(_BatchNormAct):
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
 
 
-class BatchNormAct3d(_BatchNormAct):
+class BatchNormAct3d(BatchNormActBase):
     """nn.BatchNorm3d + activation: input (N, C, D, H, W), contiguous or channels_last_3d."""
 
     def _check_input_dim(self, input):

@@ -5,10 +5,11 @@ from collections import Counter
 
 from torch import nn
 
-from ._foreign_layers import is_identity, is_timm_batch_norm_act
-from ._module_swap import (SOURCE_ATTRIBUTE, after_fold, batch_norm_from_fused, fold_into,
-                           fold_reason, fused_from_batch_norm, hook_reason, inner_activation)
-from ._torch_activations import NotFusable, module_activation
+from .folding import after_fold, fold_into, fold_reason
+from .foreign_layers import is_identity, is_timm_batch_norm_act
+from .module_swap import (SOURCE_ATTRIBUTE, fused_from_norm, hook_reason, inner_activation,
+                          norm_from_fused)
+from .torch_activations import NotFusable, module_activation
 
 
 def _sequentials(model):
@@ -76,7 +77,7 @@ def convert_alone(parent, key):
     if reason:
         raise NotFusable(reason)
     activation, param, act = inner
-    parent._modules[key] = fused_from_batch_norm(bn, activation, param, act)
+    parent._modules[key] = fused_from_norm(bn, activation, param, act)
     return f"{type(bn).__name__} with its {type(act).__name__} -> activation={activation!r}"
 
 
@@ -94,7 +95,7 @@ def convert_in_sequential(seq, keys, i):
     reason = hook_reason(bn, nxt)
     if reason:
         raise NotFusable(reason)
-    fused = fused_from_batch_norm(bn, activation, param)
+    fused = fused_from_norm(bn, activation, param)
     seq._modules[keys[i]] = fused
     # nn.Identity keeps the indices (and so the state_dict keys) of the later modules.
     seq._modules[keys[i + 1]] = nn.Identity()
@@ -108,7 +109,7 @@ def revert_alone(parent, key):
     source = getattr(fused, SOURCE_ATTRIBUTE, None)
     if source is None or source[1] is None:
         return None
-    parent._modules[key], _ = batch_norm_from_fused(fused)
+    parent._modules[key], _ = norm_from_fused(fused)
     return f"{type(fused).__name__} -> {source[0].__name__} with its {type(source[1]).__name__}"
 
 
@@ -117,7 +118,7 @@ def revert_in_sequential(seq, keys, i):
     if done:
         return done
     fused = seq._modules[keys[i]]
-    bn, act = batch_norm_from_fused(fused)
+    bn, act = norm_from_fused(fused)
     if type(act) is not nn.Identity:
         if i + 1 == len(keys) or type(seq._modules[keys[i + 1]]) is not nn.Identity:
             raise NotFusable("not followed by nn.Identity, so there is no slot for the activation")

@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import _fx_fold, _fx_passes, _module_swap, _sequential_passes
+from . import folding, fx_passes, module_swap, sequential
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -46,14 +46,14 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport(operation)
-    gm, untraced = _fx_passes.trace(model) if trace else (None, "trace=False")
+    gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
         graph_pass(gm, report)
         model = gm
     else:
         report.method = f"found by module order inside nn.Sequential ({untraced})"
-        _sequential_passes.sequential_pass(model, report, sequential_rewrite, wanted, untraced,
+        sequential.sequential_pass(model, report, sequential_rewrite, wanted, untraced,
                                            alone)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
@@ -74,18 +74,18 @@ def convert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.M
     inplace=False works on a deep copy. inplace=True shares the parameter and buffer objects with
     `model` (an optimizer built on them keeps working); use the returned model, not `model`.
     """
-    return _run("convert", model, inplace, trace, _fx_passes.convert_graph,
-                _sequential_passes.convert_in_sequential, _module_swap.is_convertible_norm,
-                _sequential_passes.convert_alone)
+    return _run("convert", model, inplace, trace, fx_passes.convert_graph,
+                sequential.convert_in_sequential, module_swap.is_convertible_norm,
+                sequential.convert_alone)
 
 
 def revert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
     """Replaces each BatchNormAct by nn.BatchNorm{1,2,3}d (+ add) + the torch activation module,
     sharing the same state: the inverse of convert. Outside a traceable forward, only BatchNormAct
     followed by nn.Identity in an nn.Sequential can be restored (as convert leaves them)."""
-    return _run("revert", model, inplace, trace, _fx_passes.revert_graph,
-                _sequential_passes.revert_in_sequential, _module_swap.is_fused,
-                _sequential_passes.revert_alone)
+    return _run("revert", model, inplace, trace, fx_passes.revert_graph,
+                sequential.revert_in_sequential, module_swap.is_fused,
+                sequential.revert_alone)
 
 
 def fold(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:
@@ -94,5 +94,5 @@ def fold(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Modu
     absent), leaving the activation (and the residual add) as plain torch. Outputs are the same in
     eval mode; BatchNorms in training mode are left alone. A Linear is assumed to see (N, features)
     input, as nn.BatchNorm1d after it normalises dimension 1."""
-    return _run("fold", model, inplace, trace, _fx_fold.fold_graph,
-                _sequential_passes.fold_in_sequential, _module_swap.is_foldable_norm)
+    return _run("fold", model, inplace, trace, folding.fold_graph,
+                sequential.fold_in_sequential, folding.is_foldable_norm)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._foreign_layers import timm_activation
-from .activations import resolve_activation
+from ..activations import resolve_activation
+from .foreign_layers import timm_activation
 
 
 class NotFusable(Exception):
