@@ -29,10 +29,11 @@ import torch.nn.functional as F
 
 import pyfusedbn
 from pyfusedbn.activations import resolve_activation
-from pyfusedbn.memory_efficient import SavedTensors, check_memory_efficient
+from pyfusedbn.memory_efficient import check_memory_efficient
+from pyfusedbn.testing import SavedTensors
 
+from .common.results import save_json
 from .resnet import resnet50
-from .results import save_json
 
 MiB = 2 ** 20
 # (batch, image size) of the ResNet-50 rows, and the stack's (batch, channels, size, layers).

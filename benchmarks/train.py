@@ -15,6 +15,11 @@ from typing import Dict, List
 
 import torch
 
+from . import tables
+from .common.cli import stage_main
+from .common.progress import progress_bar
+from .common.results import json_config
+from .common.timing import synchronize
 from .data import DEFAULT_DATA_DIR, load_fashion_mnist
 from .models import ConvNet
 from .trainer import batches, evaluate, memory_probe, seed_everything, train_step
@@ -35,19 +40,12 @@ FULL = {"train_images": None, "test_images": None, "epochs": 3, "batch_size": 12
         "widths": (32, 64, 128), "blocks": 2, "synthetic_steps": 30, "image_sizes": (32, 64, 128)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, blocks: int,
             epochs: int, batch_size: int, seed: int = 0, lr: float = 0.01,
             channels_last: bool = False, reference_steps: int = 0,
             progress: bool = True, warmup_steps: int = 2) -> Dict:
     """Trains one model per norm, stepping them in turn on the same batches (and a float64 torch
     model for the first reference_steps steps, untimed)."""
-    from .progress import progress_bar
-
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     seed_everything(seed)
     in_channels = train_x.shape[1]
@@ -83,7 +81,7 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
         xb = xb.to(device).contiguous(memory_format=fmt)
         yb = yb.to(device)
         for norm in NORMS:
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             loss = train_step(models[norm], optimizers[norm], xb, yb)
             losses[norm].append(loss.item())  # .item() syncs: the step is complete
@@ -156,7 +154,7 @@ def run(args, device: torch.device) -> Dict:
     """The real-data comparison (unless --synthetic) and the synthetic sizes (quick mode: the
     smallest only, full mode: all)."""
     config = resolve(args)
-    result: Dict = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+    result: Dict = {"config": json_config(config),
                     "device": device.type, "channels_last": args.channels_last}
     if not args.synthetic:
         data = load_fashion_mnist(args.data_dir, config["train_images"], config["test_images"])
@@ -187,9 +185,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> None:
-    from . import tables
-    from .microbench import stage_main
-
     stage_main(argv, __doc__.split("\n")[0], add_args, run, "train.json", tables.train_table)
 
 
