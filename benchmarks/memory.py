@@ -32,26 +32,15 @@ import pyfusedbn
 from pyfusedbn.testing import SavedTensors
 
 from .common.results import save_json
+from .models import TorchBatchNormAct2d
 
 MODES = ("torch", "normal", "memory_efficient", "inplace")
 MiB = 2 ** 20
 
 
-class TorchBatchNormAct(nn.Module):
-    """The unfused baseline, same call signature as BatchNormAct2d."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x, residual=None):
-        z = self.bn(x)
-        return F.leaky_relu(z + residual if residual is not None else z)
-
-
 def norm_layer(mode, channels):
-    if mode == "torch":
-        return TorchBatchNormAct(channels)
+    if mode == "torch":  # the unfused baseline, same call signature as BatchNormAct2d
+        return TorchBatchNormAct2d(channels, "leaky_relu")
     return pyfusedbn.BatchNormAct2d(channels, activation="leaky_relu",
                                     memory_efficient=mode != "normal", inplace=mode == "inplace")
 
