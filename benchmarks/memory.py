@@ -31,11 +31,11 @@ import torch.nn.functional as F
 import pyfusedbn
 from pyfusedbn.testing import SavedTensors
 
+from .common.markdown import MiB
 from .common.results import save_json
 from .models import TorchBatchNormAct2d
 
 MODES = ("torch", "normal", "memory_efficient", "inplace")
-MiB = 2 ** 20
 
 
 def norm_layer(mode, channels):

@@ -19,6 +19,7 @@ import torch
 import pyfusedbn
 from pyfusedbn.testing import zoo
 
+from .common.markdown import MiB
 from .common.results import save_json
 
 JSON_NAME = "model_zoo.json"
@@ -103,7 +104,7 @@ def _gpu_train(model, batch, size, steps, compile_model):
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return batch * steps / seconds, torch.cuda.max_memory_allocated() / 2**20
+    return batch * steps / seconds, torch.cuda.max_memory_allocated() / MiB
 
 
 def gpu_comparison(original, converted, batch, size, steps, compile_too):

@@ -28,11 +28,10 @@ import torch.nn.functional as F
 
 import pyfusedbn
 
+from .common.markdown import MiB
 from .common.results import save_json
 from .models import ConvNet
 from .resnet import resnet50
-
-MiB = 2 ** 20
 
 
 @dataclass

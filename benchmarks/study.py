@@ -25,7 +25,7 @@ from .models import INITS
 # build_model: the study's models, for its callers (tests build them); run_one trains one cell.
 from .study_cell import BATCH_SIZE, CNN, LR, MLP, MODELS, build_model, run_one  # noqa: F401
 
-ACTIVATIONS = ("sigmoid", "tanh", "relu")
+STUDY_ACTIVATIONS = ("sigmoid", "tanh", "relu")
 STUDY_NORMS = ("none", "fused")
 
 # Quick: the whole MLP grid and a CNN slice, one seed, one epoch of 12,800 images (200 steps).
@@ -49,7 +49,7 @@ def grid(config: Dict, inits, norms, activations) -> List[tuple]:
 
 
 def run_study(data, device, config: Dict, inits=INITS, norms=STUDY_NORMS,
-              activations=ACTIVATIONS, clip_grad_norm=None, progress=True) -> Dict:
+              activations=STUDY_ACTIVATIONS, clip_grad_norm=None, progress=True) -> Dict:
     runs = []
     cells = grid(config, inits, norms, activations)
     for kind, init, norm, activation, seed in progress_bar(cells, desc="study", enabled=progress):
@@ -77,7 +77,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inits", nargs="+", choices=INITS, default=INITS)
     parser.add_argument("--norms", nargs="+", choices=("none", "fused", "torch"),
                         default=STUDY_NORMS)
-    parser.add_argument("--activations", nargs="+", default=ACTIVATIONS)
+    parser.add_argument("--activations", nargs="+", default=STUDY_ACTIVATIONS)
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-images", type=int)

@@ -4,7 +4,7 @@ import math
 from collections import OrderedDict
 from typing import List
 
-from .common.markdown import fmt, markdown_table, median
+from .common.markdown import MiB, fmt, markdown_table, median
 from .study_axes_report import axes_tables
 
 
@@ -45,12 +45,12 @@ def microbench_table(result: dict, headline_only: bool = False) -> str:
 def copy_bandwidth_line(result: dict) -> str:
     bw = result["copy_bandwidth"]
     return (f"Measured copy bandwidth on {result['device']} ({result['threads']} threads): "
-            f"{bw['gbps']:.1f} GB/s (read + write of a {bw['bytes'] / 2 / 2**20:.0f} MiB tensor, "
+            f"{bw['gbps']:.1f} GB/s (read + write of a {bw['bytes'] / 2 / MiB:.0f} MiB tensor, "
             f"median of {bw['repeats']}).")
 
 
 def _mib(nbytes) -> str:
-    return "—" if nbytes is None else f"{nbytes / 2**20:.1f}"
+    return "—" if nbytes is None else f"{nbytes / MiB:.1f}"
 
 
 def _curve_verdict(comparison: dict) -> str:

@@ -24,7 +24,7 @@ from .data import DEFAULT_DATA_DIR, load_fashion_mnist
 from .models import ConvNet
 from .trainer import batches, evaluate, memory_probe, seed_everything, train_step
 
-NORMS = ("torch", "fused")  # the unfused baseline first
+COMPARED_NORMS = ("torch", "fused")  # the unfused baseline first
 # Two float32 runs that differ only in rounding drift apart as training amplifies ~1e-7 differences
 # (SGD with momentum is chaotic at a useful learning rate), so "overlap within float tolerance" is
 # judged against float64: over the first REFERENCE_STEPS steps a float64 copy of the torch model
@@ -51,7 +51,7 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
     in_channels = train_x.shape[1]
     reference = ConvNet("torch", "relu", widths, blocks, True, in_channels)
     models, optimizers = {}, {}
-    for norm in NORMS:
+    for norm in COMPARED_NORMS:
         model = ConvNet(norm, "relu", widths, blocks, True, in_channels)
         model.load_state_dict(reference.state_dict())
         models[norm] = model.to(device, memory_format=fmt)
@@ -62,11 +62,11 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
     probe_x = train_x[:batch_size].to(device).contiguous(memory_format=fmt)
     probe_y = train_y[:batch_size].to(device)
     memory = {norm: memory_probe(copy.deepcopy(models[norm]), probe_x, probe_y, device)
-              for norm in NORMS}
+              for norm in COMPARED_NORMS}
 
-    losses = {norm: [] for norm in NORMS}
-    seconds = {norm: 0.0 for norm in NORMS}
-    accuracy = {norm: [] for norm in NORMS}
+    losses = {norm: [] for norm in COMPARED_NORMS}
+    seconds = {norm: 0.0 for norm in COMPARED_NORMS}
+    accuracy = {norm: [] for norm in COMPARED_NORMS}
     steps_per_epoch = train_x.shape[0] // batch_size
 
     def schedule():
@@ -80,7 +80,7 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
             total=epochs * steps_per_epoch)):
         xb = xb.to(device).contiguous(memory_format=fmt)
         yb = yb.to(device)
-        for norm in NORMS:
+        for norm in COMPARED_NORMS:
             synchronize(device)
             start = time.perf_counter()
             loss = train_step(models[norm], optimizers[norm], xb, yb)
@@ -93,7 +93,7 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
             loss = train_step(reference, reference_optimizer, xb.double(), yb)
             reference_losses.append(loss.item())
         if epoch_end and test_x is not None and test_x.shape[0]:
-            for norm in NORMS:
+            for norm in COMPARED_NORMS:
                 accuracy[norm].append(evaluate(models[norm], test_x, test_y, device,
                                                memory_format=fmt)["accuracy"])
     return _summarise(losses, seconds, timed_images, memory, accuracy, reference_losses)
@@ -117,7 +117,7 @@ def _summarise(losses, seconds, timed_images, memory, accuracy, reference_losses
                                  <= CURVE_SLACK * out["torch_vs_fp64"] + CURVE_ATOL)
     else:
         out["curves_overlap"] = None
-    for norm in NORMS:
+    for norm in COMPARED_NORMS:
         out["norms"][norm] = {
             "images_per_s": timed_images / seconds[norm] if seconds[norm] else None,
             "timed_images": timed_images, "seconds": seconds[norm], "losses": losses[norm],

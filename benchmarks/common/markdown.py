@@ -1,6 +1,8 @@
 """Markdown tables and the numbers in them."""
 from typing import List, Optional, Sequence
 
+MiB = 2 ** 20  # the unit of every memory column
+
 
 def markdown_table(header: Sequence[str], rows: List[Sequence], align: Optional[str] = None) -> str:
     """align: one character per column, 'l' or 'r' (default: first column left, rest right)."""
