@@ -1,0 +1,115 @@
+"""Every CUDA kernel, run without a GPU: tools/cuda_emulator builds csrc/cuda's kernel files with
+g++ against a CUDA execution emulator, and the drivers in tests/cuda_emulated/ run each launcher
+on small shapes against float64 references, with 1, 4, 108 and 132 SMs, in three scheduling
+orders (whose outputs must be bit-identical: a missing barrier shows as a difference). Also the
+emulator's own checks: it stops on what a GPU refuses or hangs on, its shuffles follow CUDA's
+width rules, its half and bfloat16 conversions match numpy and torch on every boundary.
+
+PYFUSEDBN_EMU_SANITIZE=1: the same, built with AddressSanitizer + UndefinedBehaviorSanitizer
+(its own build directory; `make test-cuda-emulated-sanitize`)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools", "cuda_emulator"))
+import build as emu_build  # noqa: E402
+
+SANITIZE = os.environ.get("PYFUSEDBN_EMU_SANITIZE") == "1"
+BUILD_DIR = emu_build.DEFAULT_BUILD + ("_sanitize" if SANITIZE else "")
+SMS = [1, 4, 108, 132]
+ORDERS = ["forward", "reverse", "random:1"]
+# The sanitizer build runs the slowest path once per SM count and order subset.
+SANITIZE_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+
+
+@pytest.fixture(scope="module")
+def drivers():
+    try:
+        return emu_build.build(BUILD_DIR, sanitize=SANITIZE)
+    except RuntimeError as e:
+        pytest.fail(f"emulated build failed:\n{e}")
+
+
+def run(exe, *args, expect_rc=0):
+    env = dict(os.environ, **SANITIZE_ENV)
+    result = subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=600)
+    if expect_rc is not None and result.returncode != expect_rc:
+        raise AssertionError(f"{os.path.basename(exe)} {' '.join(args)}: exit {result.returncode}, expected "
+                             f"{expect_rc}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def digest(result):
+    last = result.stdout.strip().splitlines()[-1]
+    assert "0 failures" in last, result.stdout[-4000:]
+    return last.split("digest ")[1]
+
+
+@pytest.mark.parametrize("driver", ["batch_norm_kernels", "group_norm_kernels"])
+@pytest.mark.parametrize("sms", SMS)
+def test_kernels_match_float64_in_every_order(drivers, driver, sms):
+    """Each launcher against float64, and bit-identical outputs in every scheduling order."""
+    digests = {order: digest(run(drivers[driver], "--order", order, "--sms", str(sms))) for order in ORDERS}
+    assert len(set(digests.values())) == 1, f"outputs depend on the scheduling order: {digests}"
+
+
+def test_reductions_cap_an_occupancy_of_16(drivers):
+    """The workspace holds the partials of at most 8 resident blocks per SM: an occupancy
+    answer of 16 must not make the reductions write past it (launch_geometry.h caps it)."""
+    run(drivers["batch_norm_kernels"], "--occupancy", "16", "--sms", "132", "--filter", "float32")
+
+
+def test_shuffles_follow_cuda_width_rules(drivers):
+    run(drivers["emulator_checks"], "shuffles")
+
+
+def test_missing_barrier_changes_the_result(drivers):
+    totals = {run(drivers["emulator_checks"], check, "--order", order).stdout
+              for check in ["race_with_barrier"] for order in ORDERS}
+    assert totals == {"race: total 2016\n"}
+    racy = {run(drivers["emulator_checks"], "race_without_barrier", "--order", order).stdout for order in ORDERS}
+    assert len(racy) > 1, racy
+
+
+STOPS = {
+    "skip_barrier": "__syncthreads skipped by thread (5,0,0)",
+    "different_barriers": "threads at different __syncthreads",
+    "mask_exited_lane": "mask names exited lane 31",
+    "mask_absent_lane": "mask names absent lane 16",
+    "deadlock": "deadlock",
+    "bad_width": "width 12 is not a power of two",
+    "block_too_big": "block of 1025 threads",
+    "grid_y_too_big": "grid out of CUDA's limits",
+    "shared_too_big": "static shared memory over 48 KiB",
+}
+
+
+@pytest.mark.parametrize("check", sorted(STOPS))
+def test_emulator_stops_where_a_gpu_would_fail(drivers, check):
+    result = run(drivers["emulator_checks"], check, expect_rc=86)
+    assert STOPS[check] in result.stderr, result.stderr
+    assert "in kernel check_kernel launched at" in result.stderr, result.stderr
+
+
+def test_half_and_bfloat16_conversions_match_numpy_and_torch(drivers):
+    torch = pytest.importorskip("torch")
+    lines = run(drivers["emulator_checks"], "halves").stdout.split("\n")
+    halves = np.array([[int(w, 16) if i else int(w) for i, w in enumerate(line.split()[1:])]
+                       for line in lines if line.startswith("h ")], dtype=np.uint64)
+    assert len(halves) == 65536
+    want = np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32).view(np.uint32)
+    nan = np.isnan(np.arange(65536, dtype=np.uint16).view(np.float16))
+    assert np.array_equal(halves[~nan, 1].astype(np.uint32), want[~nan])
+    assert np.isnan(halves[nan, 1].astype(np.uint32).view(np.float32)).all()
+    rounded = np.array([[int(w, 16) for w in line.split()[1:]] for line in lines if line.startswith("f ")],
+                       dtype=np.uint32)
+    floats = rounded[:, 0].view(np.float32)
+    with np.errstate(over="ignore"):
+        want_half = floats.astype(np.float16).view(np.uint16)
+    assert np.array_equal(rounded[:, 1].astype(np.uint16), want_half), "float -> half rounding differs"
+    want_bf16 = torch.from_numpy(floats.copy()).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert np.array_equal(rounded[:, 2].astype(np.uint16), want_bf16), "float -> bfloat16 rounding differs"
