@@ -20,10 +20,19 @@ import build as emu_build  # noqa: E402
 
 SANITIZE = os.environ.get("PYFUSEDBN_EMU_SANITIZE") == "1"
 BUILD_DIR = emu_build.DEFAULT_BUILD + ("_sanitize" if SANITIZE else "")
-SMS = [1, 4, 108, 132]
+# Every order at the extreme SM counts (their outputs must agree bit for bit), one random order
+# at the others: each run is a few seconds of one core.
 ORDERS = ["forward", "reverse", "random:1"]
-# The sanitizer build runs the slowest path once per SM count and order subset.
+RUNS = [(1, ORDERS), (4, ["random:2"]), (108, ["random:3"]), (132, ORDERS)]
 SANITIZE_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
+# GroupNorm's grid and part limits lowered (as the CPU tests shrink the workspace split), so its
+# grid-stride loops and its batch split's part clamp run at small shapes. Paths relative to csrc/.
+SHRUNK_LIMITS = [
+    ("cuda/group_norm_device_utils.cuh", "kMaxGridX = 2147483647;", "kMaxGridX = 3;"),
+    ("cuda/group_coefficients.cu", "kSamplesPerPart = 1024;", "kSamplesPerPart = 16;"),
+    ("cuda/group_coefficients.cu", "kMaxParts = 256;", "kMaxParts = 4;"),
+    ("cuda/group_coefficients.cu", "kMaxItemBlocks = 65535;", "kMaxItemBlocks = 3;"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,32 +44,58 @@ def drivers():
 
 
 def run(exe, *args, expect_rc=0):
+    return finish(start(exe, *args), expect_rc)
+
+
+def start(exe, *args):
     env = dict(os.environ, **SANITIZE_ENV)
-    result = subprocess.run([exe, *args], capture_output=True, text=True, env=env, timeout=600)
-    if expect_rc is not None and result.returncode != expect_rc:
-        raise AssertionError(f"{os.path.basename(exe)} {' '.join(args)}: exit {result.returncode}, expected "
-                             f"{expect_rc}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result
+    proc = subprocess.Popen([exe, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc.command = f"{os.path.basename(exe)} {' '.join(args)}"
+    return proc
 
 
-def digest(result):
-    last = result.stdout.strip().splitlines()[-1]
-    assert "0 failures" in last, result.stdout[-4000:]
-    return last.split("digest ")[1]
+def finish(proc, expect_rc=0):
+    stdout, stderr = proc.communicate(timeout=600)
+    proc.stdout_text, proc.stderr_text = stdout, stderr
+    if expect_rc is not None and proc.returncode != expect_rc:
+        raise AssertionError(f"{proc.command}: exit {proc.returncode}, expected {expect_rc}\n"
+                             f"{stdout[-4000:]}\n{stderr[-4000:]}")
+    return proc
+
+
+def digests_in_orders(exe, orders, *args):
+    """{order: digest} of runs in the given orders (two at a time), each passing."""
+    out = {}
+    for i in range(0, len(orders), 2):
+        procs = {o: start(exe, "--order", o, *args) for o in orders[i:i + 2]}
+        for order, proc in procs.items():
+            last = finish(proc).stdout_text.strip().splitlines()[-1]
+            assert "0 failures" in last, proc.stdout_text[-4000:]
+            out[order] = last.split("digest ")[1]
+    return out
 
 
 @pytest.mark.parametrize("driver", ["batch_norm_kernels", "group_norm_kernels"])
-@pytest.mark.parametrize("sms", SMS)
-def test_kernels_match_float64_in_every_order(drivers, driver, sms):
+@pytest.mark.parametrize("sms,orders", RUNS, ids=[f"{sms}sms" for sms, _ in RUNS])
+def test_kernels_match_float64_in_every_order(drivers, driver, sms, orders):
     """Each launcher against float64, and bit-identical outputs in every scheduling order."""
-    digests = {order: digest(run(drivers[driver], "--order", order, "--sms", str(sms))) for order in ORDERS}
+    digests = digests_in_orders(drivers[driver], orders, "--sms", str(sms))
     assert len(set(digests.values())) == 1, f"outputs depend on the scheduling order: {digests}"
+
+
+def test_group_norm_grid_stride_and_part_clamp():
+    """GroupNorm with its grid limit at 3 blocks and its batch split at 16 samples and 4 parts:
+    the statistics, reduction, prepare and finalize kernels stride over what the grid leaves."""
+    exe = emu_build.build_variant("cuda_emulated_limits" + ("_sanitize" if SANITIZE else ""), SHRUNK_LIMITS,
+                                  drivers=["group_norm_kernels"], sanitize=SANITIZE)["group_norm_kernels"]
+    digests = digests_in_orders(exe, ["forward", "random:4"], "--sms", "2")
+    assert len(set(digests.values())) == 1, digests
 
 
 def test_reductions_cap_an_occupancy_of_16(drivers):
     """The workspace holds the partials of at most 8 resident blocks per SM: an occupancy
     answer of 16 must not make the reductions write past it (launch_geometry.h caps it)."""
-    run(drivers["batch_norm_kernels"], "--occupancy", "16", "--sms", "132", "--filter", "float32")
+    run(drivers["batch_norm_kernels"], "--occupancy", "16", "--sms", "1", "--filter", "nchw_1x2x4099")
 
 
 def test_shuffles_follow_cuda_width_rules(drivers):
@@ -68,10 +103,10 @@ def test_shuffles_follow_cuda_width_rules(drivers):
 
 
 def test_missing_barrier_changes_the_result(drivers):
-    totals = {run(drivers["emulator_checks"], check, "--order", order).stdout
-              for check in ["race_with_barrier"] for order in ORDERS}
+    totals = {run(drivers["emulator_checks"], "race_with_barrier", "--order", order).stdout_text for order in ORDERS}
     assert totals == {"race: total 2016\n"}
-    racy = {run(drivers["emulator_checks"], "race_without_barrier", "--order", order).stdout for order in ORDERS}
+    racy = {run(drivers["emulator_checks"], "race_without_barrier", "--order", order).stdout_text
+            for order in ORDERS}
     assert len(racy) > 1, racy
 
 
@@ -90,14 +125,14 @@ STOPS = {
 
 @pytest.mark.parametrize("check", sorted(STOPS))
 def test_emulator_stops_where_a_gpu_would_fail(drivers, check):
-    result = run(drivers["emulator_checks"], check, expect_rc=86)
-    assert STOPS[check] in result.stderr, result.stderr
-    assert "in kernel check_kernel launched at" in result.stderr, result.stderr
+    stderr = run(drivers["emulator_checks"], check, expect_rc=86).stderr_text
+    assert STOPS[check] in stderr, stderr
+    assert "in kernel check_kernel launched at" in stderr, stderr
 
 
 def test_half_and_bfloat16_conversions_match_numpy_and_torch(drivers):
     torch = pytest.importorskip("torch")
-    lines = run(drivers["emulator_checks"], "halves").stdout.split("\n")
+    lines = run(drivers["emulator_checks"], "halves").stdout_text.split("\n")
     halves = np.array([[int(w, 16) if i else int(w) for i, w in enumerate(line.split()[1:])]
                        for line in lines if line.startswith("h ")], dtype=np.uint64)
     assert len(halves) == 65536

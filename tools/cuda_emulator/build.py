@@ -6,6 +6,7 @@ rebuilt only when one of their dependencies changed (g++ -MMD).
     python3 tools/cuda_emulator/build.py [--sanitize] [BUILD_DIR]
 """
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,16 +19,23 @@ import rewrite  # noqa: E402
 # rewrite.py rewrites: update these when the CUDA files move.
 CSRC = "csrc"
 CUDA_DIR = "cuda"
-KERNEL_SOURCES = [
+BATCH_NORM_SOURCES = [
     "cuda/stats.cu",
     "cuda/elementwise.cu",
     "cuda/backward_reduce.cu",
     "cuda/finalize.cu",
+]
+GROUP_NORM_SOURCES = [
     "cuda/group_norm.cu",
     "cuda/group_coefficients.cu",
 ]
-# Driver -> the kernel sources it links (all: a launcher's file may move).
-DRIVERS = ["batch_norm_kernels", "group_norm_kernels", "emulator_checks"]
+KERNEL_SOURCES = BATCH_NORM_SOURCES + GROUP_NORM_SOURCES
+# Driver (tests/cuda_emulated/NAME.cpp) -> the kernel sources it links.
+DRIVERS = {
+    "batch_norm_kernels": BATCH_NORM_SOURCES,
+    "group_norm_kernels": GROUP_NORM_SOURCES,
+    "emulator_checks": [],
+}
 DRIVER_DIR = os.path.join("tests", "cuda_emulated")
 INCLUDE = os.path.join(ROOT, "tools", "cuda_emulator", "include")
 RUNTIME = os.path.join(ROOT, "tools", "cuda_emulator", "runtime.cpp")
@@ -59,7 +67,7 @@ def _compile(source, obj, flags):
     return None
 
 
-def build(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), drivers=DRIVERS, jobs=2):
+def build(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), drivers=tuple(DRIVERS), jobs=2):
     """Builds into build_dir and returns {driver name: executable path}. `edits`: see
     rewrite.copy_tree (the mutation tests). Raises RuntimeError with the compiler's output."""
     src_copy = os.path.join(build_dir, "csrc")
@@ -67,8 +75,9 @@ def build(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), drivers=DRIVERS, jo
     flags = FLAGS + (SANITIZE_FLAGS if sanitize else []) + ["-I", src_copy, "-I", INCLUDE]
     objects_dir = os.path.join(build_dir, "obj")
     os.makedirs(objects_dir, exist_ok=True)
+    sources = sorted({s for d in drivers for s in DRIVERS[d]})
     units = [(os.path.join(src_copy, s + ".cpp"), os.path.join(objects_dir, os.path.basename(s) + ".o"))
-             for s in KERNEL_SOURCES]
+             for s in sources]
     units.append((RUNTIME, os.path.join(objects_dir, "runtime.o")))
     for d in drivers:
         units.append((os.path.join(ROOT, DRIVER_DIR, d + ".cpp"), os.path.join(objects_dir, d + ".o")))
@@ -78,17 +87,37 @@ def build(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), drivers=DRIVERS, jo
         errors = [e for e in pool.map(lambda u: _compile(u[0], u[1], flags), units) if e]
     if errors:
         raise RuntimeError("\n".join(errors))
-    kernel_objects = [o for s, o in units[:] if s != RUNTIME and not s.startswith(os.path.join(ROOT, DRIVER_DIR))]
     executables = {}
     for d in drivers:
         exe = os.path.join(build_dir, d)
-        inputs = kernel_objects + [os.path.join(objects_dir, "runtime.o"), os.path.join(objects_dir, d + ".o")]
+        inputs = [os.path.join(objects_dir, os.path.basename(s) + ".o") for s in DRIVERS[d]]
+        inputs += [os.path.join(objects_dir, "runtime.o"), os.path.join(objects_dir, d + ".o")]
         if not os.path.exists(exe) or any(os.path.getmtime(i) > os.path.getmtime(exe) for i in inputs):
             result = subprocess.run(["g++", *flags, "-o", exe, *inputs], capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(result.stderr)
         executables[d] = exe
     return executables
+
+
+def build_variant(name, edits, drivers=tuple(DRIVERS), sanitize=False):
+    """A build with `edits` applied to the copied sources (rewrite.copy_tree), in build/NAME next
+    to the default one, starting from a copy of its objects so that only the files depending on
+    the edited ones are recompiled."""
+    base = DEFAULT_BUILD + ("_sanitize" if sanitize else "")
+    variant = os.path.join(os.path.dirname(DEFAULT_BUILD), name)
+    if os.path.isdir(base) and not os.path.isdir(variant):
+        shutil.copytree(base, variant, copy_function=shutil.copy2)
+        objects = os.path.join(variant, "obj")
+        for dep in os.listdir(objects):
+            if dep.endswith(".d"):
+                path = os.path.join(objects, dep)
+                with open(path) as f:
+                    text = f.read().replace(base + os.sep, variant + os.sep)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.utime(path, (os.path.getmtime(path[:-2]),) * 2)
+    return build(variant, sanitize=sanitize, edits=edits, drivers=drivers)
 
 
 if __name__ == "__main__":
