@@ -8,6 +8,7 @@ width rules, its half and bfloat16 conversions match numpy and torch on every bo
 PYFUSEDBN_EMU_SANITIZE=1: the same, built with AddressSanitizer + UndefinedBehaviorSanitizer
 (its own build directory; `make test-cuda-emulated-sanitize`)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -63,16 +64,31 @@ def finish(proc, expect_rc=0):
     return proc
 
 
+LAUNCHED = set()  # every kernel a driver run in this module launched
+
+
 def digests_in_orders(exe, orders, *args):
     """{order: digest} of runs in the given orders (two at a time), each passing."""
     out = {}
     for i in range(0, len(orders), 2):
         procs = {o: start(exe, "--order", o, *args) for o in orders[i:i + 2]}
         for order, proc in procs.items():
-            last = finish(proc).stdout_text.strip().splitlines()[-1]
-            assert "0 failures" in last, proc.stdout_text[-4000:]
-            out[order] = last.split("digest ")[1]
+            lines = finish(proc).stdout_text.strip().splitlines()
+            assert "0 failures" in lines[-1], proc.stdout_text[-4000:]
+            out[order] = lines[-1].split("digest ")[1]
+            LAUNCHED.update(lines[-2].split(":", 1)[1].split())
     return out
+
+
+def global_kernels():
+    """The name of every __global__ function under csrc's CUDA folder."""
+    folder = os.path.join(ROOT, emu_build.CSRC, emu_build.CUDA_DIR)
+    names = set()
+    for name in os.listdir(folder):
+        if name.endswith((".cu", ".cuh")):
+            with open(os.path.join(folder, name)) as f:
+                names.update(re.findall(r"__global__\s+void\s+(\w+)", f.read()))
+    return names
 
 
 @pytest.mark.parametrize("driver", ["batch_norm_kernels", "group_norm_kernels"])
@@ -90,6 +106,16 @@ def test_group_norm_grid_stride_and_part_clamp():
                                   drivers=["group_norm_kernels"], sanitize=SANITIZE)["group_norm_kernels"]
     digests = digests_in_orders(exe, ["forward", "random:4"], "--sms", "2")
     assert len(set(digests.values())) == 1, digests
+
+
+def test_every_kernel_is_launched(drivers):
+    """No __global__ function in csrc's CUDA files is left out of the emulated runs."""
+    if not LAUNCHED:  # run alone: one pass of each driver
+        for driver in ("batch_norm_kernels", "group_norm_kernels"):
+            digests_in_orders(drivers[driver], ["forward"])
+    kernels = global_kernels()
+    assert len(kernels) >= 15, kernels
+    assert kernels <= LAUNCHED, f"never launched: {sorted(kernels - LAUNCHED)}"
 
 
 def test_reductions_cap_an_occupancy_of_16(drivers):

@@ -30,16 +30,6 @@ const Case kCases[] = {
     {"nchw_1x2x4099", 1, 2, 4099, false, 0},
 };
 
-fbn::ActKind kind_of(Act a) {
-  switch (a) {
-    case Act::Relu: return fbn::ActKind::Relu;
-    case Act::LeakyRelu: return fbn::ActKind::LeakyRelu;
-    case Act::Elu: return fbn::ActKind::Elu;
-    case Act::Silu: return fbn::ActKind::Silu;
-    default: return fbn::ActKind::Identity;
-  }
-}
-
 int64_t index_of(const Case& k, int64_t n, int64_t c, int64_t s) {
   return k.channels_last ? (n * k.S + s) * k.C + c : (n * k.C + c) * k.S + s;
 }
@@ -125,7 +115,7 @@ void run_case(const Case& k, const ActRef& act, bool residual, bool from_output,
     ++rep.failures;
     std::printf("FAIL %s: num_batches_tracked %lld, expected 1\n", where.c_str(), static_cast<long long>(batches));
   }
-  const fbn::ActKind kind = kind_of(act.act);
+  const fbn::ActKind kind = act.kind;
   const acc_t param = static_cast<acc_t>(act.param);
   fbn::cuda::launch_apply<scalar_t, acc_t>(
       {x.data(), residual ? res.data() : nullptr, k_scale.data(), k_shift.data(), y.data(), param, shape}, kind, ctx);
@@ -188,30 +178,24 @@ void run_case(const Case& k, const ActRef& act, bool residual, bool from_output,
   rep.check(where, "eval grad_input", gi.data(), eval_gi, tolerance<scalar_t>);
 }
 
-template <typename scalar_t>
-void run_dtype(const Options& opt, Report& rep) {
-  for (const Case& k : kCases) {
-    for (const ActRef& act : activations()) {
-      const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
-      if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
-      run_case<scalar_t>(k, act, false, false, opt, rep);
-      if (act.act == Act::Silu || act.act == Act::LeakyRelu) run_case<scalar_t>(k, act, true, false, opt, rep);
-      // ELU's inverse near -alpha turns a 16-bit output's rounding into a large error in z.
-      constexpr bool k16 = sizeof(scalar_t) == 2;
-      if (act.invertible && !(k16 && act.act == Act::Elu))
-        run_case<scalar_t>(k, act, act.act == Act::LeakyRelu, true, opt, rep);
+struct Suite {
+  template <typename scalar_t>
+  static void run(const Options& opt, Report& rep) {
+    for (const Case& k : kCases) {
+      for (const ActRef& act : activations()) {
+        const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
+        if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
+        run_case<scalar_t>(k, act, false, false, opt, rep);
+        if (act.act == Act::Silu || act.act == Act::LeakyRelu) run_case<scalar_t>(k, act, true, false, opt, rep);
+        // ELU's inverse near -alpha turns a 16-bit output's rounding into a large error in z.
+        constexpr bool k16 = sizeof(scalar_t) == 2;
+        if (act.invertible && !(k16 && act.act == Act::Elu))
+          run_case<scalar_t>(k, act, act.act == Act::LeakyRelu, true, opt, rep);
+      }
     }
   }
-}
+};
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const Options opt = parse(argc, argv);
-  Report rep;
-  run_dtype<float>(opt, rep);
-  run_dtype<double>(opt, rep);
-  run_dtype<__half>(opt, rep);
-  run_dtype<__nv_bfloat16>(opt, rep);
-  return rep.finish("batch_norm_kernels");
-}
+int main(int argc, char** argv) { return harness::run_suite<Suite>(argc, argv, "batch_norm_kernels"); }

@@ -34,16 +34,6 @@ const Case kCases[] = {
     {"rows_1100x3_g1", 1100, 3, 1, 1, true, 0, true, true},
 };
 
-fbn::ActKind kind_of(Act a) {
-  switch (a) {
-    case Act::Relu: return fbn::ActKind::Relu;
-    case Act::LeakyRelu: return fbn::ActKind::LeakyRelu;
-    case Act::Elu: return fbn::ActKind::Elu;
-    case Act::Silu: return fbn::ActKind::Silu;
-    default: return fbn::ActKind::Identity;
-  }
-}
-
 template <typename scalar_t>
 void run_case(const Case& k, const ActRef& act, bool residual, const Options& opt, Report& rep) {
   using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
@@ -113,7 +103,7 @@ void run_case(const Case& k, const ActRef& act, bool residual, const Options& op
                                 ctx);
   rep.check(where, "mean", k_mean.data(), mean, tolerance<acc_t>);
   rep.check(where, "rstd", k_rstd.data(), rstd, tolerance<acc_t>);
-  const fbn::ActKind kind = kind_of(act.act);
+  const fbn::ActKind kind = act.kind;
   const acc_t param = static_cast<acc_t>(act.param);
   fbn::cuda::launch_group_apply<scalar_t, acc_t>(
       {x.data(), residual ? res.data() : nullptr, scale.data(), shift.data(), y.data(), param, shape}, kind, ctx);
@@ -145,30 +135,24 @@ void run_case(const Case& k, const ActRef& act, bool residual, const Options& op
   rep.check_guard(where, "grad_residual", gr);
 }
 
-template <typename scalar_t>
-void run_dtype(const Options& opt, Report& rep) {
-  for (const Case& k : kCases) {
-    for (const ActRef& act : activations()) {
-      const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
-      if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
-      if (k.large) {
-        if (act.act == Act::Silu && !std::is_same_v<scalar_t, double>) run_case<scalar_t>(k, act, true, opt, rep);
-        continue;
+struct Suite {
+  template <typename scalar_t>
+  static void run(const Options& opt, Report& rep) {
+    for (const Case& k : kCases) {
+      for (const ActRef& act : activations()) {
+        const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
+        if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
+        if (k.large) {
+          if (act.act == Act::Silu && !std::is_same_v<scalar_t, double>) run_case<scalar_t>(k, act, true, opt, rep);
+          continue;
+        }
+        run_case<scalar_t>(k, act, false, opt, rep);
+        if (act.act == Act::Silu) run_case<scalar_t>(k, act, true, opt, rep);
       }
-      run_case<scalar_t>(k, act, false, opt, rep);
-      if (act.act == Act::Silu) run_case<scalar_t>(k, act, true, opt, rep);
     }
   }
-}
+};
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const Options opt = parse(argc, argv);
-  Report rep;
-  run_dtype<float>(opt, rep);
-  run_dtype<double>(opt, rep);
-  run_dtype<__half>(opt, rep);
-  run_dtype<__nv_bfloat16>(opt, rep);
-  return rep.finish("group_norm_kernels");
-}
+int main(int argc, char** argv) { return harness::run_suite<Suite>(argc, argv, "group_norm_kernels"); }

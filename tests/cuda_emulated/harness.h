@@ -16,6 +16,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "activations.h"  // csrc's ActKind: which kernel instantiation a case launches
+
 namespace harness {
 
 struct Options {
@@ -95,6 +97,7 @@ struct ActRef {
   const char* name;
   double param;
   bool invertible;
+  pyfusedbn::ActKind kind;
   double value(double z) const {
     switch (act) {
       case Act::Relu: return z > 0 ? z : 0;
@@ -118,11 +121,12 @@ struct ActRef {
   }
 };
 inline const std::vector<ActRef>& activations() {
-  static const std::vector<ActRef> acts = {{Act::Identity, "identity", 0, true},
-                                           {Act::Relu, "relu", 0, false},
-                                           {Act::LeakyRelu, "leaky_relu", 0.1, true},
-                                           {Act::Elu, "elu", 1.0, true},
-                                           {Act::Silu, "silu", 0, false}};
+  using pyfusedbn::ActKind;
+  static const std::vector<ActRef> acts = {{Act::Identity, "identity", 0, true, ActKind::Identity},
+                                           {Act::Relu, "relu", 0, false, ActKind::Relu},
+                                           {Act::LeakyRelu, "leaky_relu", 0.1, true, ActKind::LeakyRelu},
+                                           {Act::Elu, "elu", 1.0, true, ActKind::Elu},
+                                           {Act::Silu, "silu", 0, false, ActKind::Silu}};
   return acts;
 }
 
@@ -171,10 +175,23 @@ struct Report {
     }
   }
   int finish(const char* suite) {
+    std::printf("kernels launched: %s\n", emu::kernels_launched().c_str());
     std::printf("%s: %d failures, %lld launches, digest %016llx\n", suite, failures,
                 static_cast<long long>(emu::config().launches), static_cast<unsigned long long>(digest));
     return failures ? 1 : 0;
   }
 };
+
+// A driver's main: Suite::run<T>(options, report) for the four dtypes, then the verdict.
+template <typename Suite>
+int run_suite(int argc, char** argv, const char* name) {
+  const Options opt = parse(argc, argv);
+  Report rep;
+  Suite::template run<float>(opt, rep);
+  Suite::template run<double>(opt, rep);
+  Suite::template run<__half>(opt, rep);
+  Suite::template run<__nv_bfloat16>(opt, rep);
+  return rep.finish(name);
+}
 
 }  // namespace harness

@@ -5,6 +5,8 @@
       -> ::emu::launch([&] { kernel<T...>(args); }, "kernel<T...>", __FILE__, __LINE__, grid, block[, ...])
   __shared__ T name[N], other;
       -> a per-block ::emu::SharedSite per declarator (cuda_emu/runtime.h)
+  __global__ void name(...) {
+      -> the body first calls ::emu::kernel_entered("name")
 Line numbers are kept (a `#line` names the original file), so the emulator's messages point at
 csrc. `.cu` files are copied as `.cu.cpp` for g++. Never edits the sources it reads."""
 import os
@@ -12,6 +14,7 @@ import re
 import sys
 
 SHARED = re.compile(r"__shared__\s+([^;]*?)\s*;")
+GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
 
 
 def _declarators(text):
@@ -91,8 +94,21 @@ def rewrite_launches(src):
     return "".join(out)
 
 
+def mark_kernels(src):
+    """Each __global__ function's body starts by telling the emulator its name (which kernels a
+    run launched, and the name in its messages)."""
+    out, pos = [], 0
+    for m in GLOBAL.finditer(src):
+        body = src.index("{", _balanced(src, m.end() - 1, "(", ")"))
+        out.append(src[pos:body + 1])
+        out.append(f' ::emu::kernel_entered("{m.group(1)}");')
+        pos = body + 1
+    out.append(src[pos:])
+    return "".join(out)
+
+
 def rewrite(src, origin):
-    return f'#line 1 "{origin}"\n' + rewrite_launches(SHARED.sub(_shared, src))
+    return f'#line 1 "{origin}"\n' + rewrite_launches(mark_kernels(SHARED.sub(_shared, src)))
 
 
 def copy_tree(src_root, dst_root, cuda_dir, edits=()):

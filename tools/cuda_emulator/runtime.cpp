@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "cuda_emu/runtime.h"
@@ -32,6 +33,7 @@ namespace {
 
 struct Launch {
   const char* kernel = "";
+  const char* entered = nullptr;  // the __global__ function's name, once a thread has started it
   const char* file = "";
   int line = 0;
   dim3 grid, block;
@@ -45,6 +47,7 @@ Fiber scheduler_context;
 std::vector<std::unique_ptr<char[]>> stacks;
 const KernelBody* current_body = nullptr;
 std::mt19937_64 rng;
+std::set<std::string> launched_kernels;
 
 const char* name_of(State s) {
   switch (s) {
@@ -209,7 +212,7 @@ void fail(const char* file, int line, const std::string& what) {
   out << "cuda-emu: " << file << ":" << line << ": " << what;
   if (current_launch) {
     const Launch& l = *current_launch;
-    out << "\n  in kernel " << l.kernel << " launched at " << l.file << ":" << l.line << " grid (" << l.grid.x << ","
+    out << "\n  in kernel " << (l.entered ? l.entered : l.kernel) << " launched at " << l.file << ":" << l.line << " grid (" << l.grid.x << ","
         << l.grid.y << "," << l.grid.z << ") block (" << l.block.x << "," << l.block.y << "," << l.block.z << ")";
     if (current_thread)
       out << ", block (" << l.block_idx.x << "," << l.block_idx.y << "," << l.block_idx.z << ") thread ("
@@ -232,6 +235,18 @@ void* SharedSite::lookup(size_t bytes, size_t align, const char* name, const cha
   }
   const auto address = reinterpret_cast<uintptr_t>(found->second.data());
   return reinterpret_cast<void*>((address + align - 1) / align * align);
+}
+
+void kernel_entered(const char* name) {
+  if (current_launch->entered) return;
+  current_launch->entered = name;
+  launched_kernels.insert(name);
+}
+
+std::string kernels_launched() {
+  std::string out;
+  for (const std::string& k : launched_kernels) out += (out.empty() ? "" : " ") + k;
+  return out;
 }
 
 void syncthreads(const char* file, int line) {

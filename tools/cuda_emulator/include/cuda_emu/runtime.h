@@ -82,6 +82,11 @@ struct SharedSite {
 
 void syncthreads(const char* file, int line);
 
+// Called first by every kernel body (rewrite.py inserts it): names the running kernel.
+void kernel_entered(const char* name);
+// The kernels that ran so far, space-separated and sorted.
+std::string kernels_launched();
+
 // A warp operation: waits until every lane of `mask` has reached the same operation, then
 // returns the value of lane `source(lane)` (or its own where source is -1).
 enum class WarpOp { Down, Up, Xor, Idx };
