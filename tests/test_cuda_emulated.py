@@ -91,7 +91,7 @@ def global_kernels():
     return names
 
 
-@pytest.mark.parametrize("driver", ["batch_norm_kernels", "group_norm_kernels"])
+@pytest.mark.parametrize("driver", ["batch_norm_kernels", "group_norm_kernels", "finalize_kernels"])
 @pytest.mark.parametrize("sms,orders", RUNS, ids=[f"{sms}sms" for sms, _ in RUNS])
 def test_kernels_match_float64_in_every_order(drivers, driver, sms, orders):
     """Each launcher against float64, and bit-identical outputs in every scheduling order."""
@@ -111,7 +111,7 @@ def test_group_norm_grid_stride_and_part_clamp():
 def test_every_kernel_is_launched(drivers):
     """No __global__ function in csrc's CUDA files is left out of the emulated runs."""
     if not LAUNCHED:  # run alone: one pass of each driver
-        for driver in ("batch_norm_kernels", "group_norm_kernels"):
+        for driver in ("batch_norm_kernels", "group_norm_kernels", "finalize_kernels"):
             digests_in_orders(drivers[driver], ["forward"])
     kernels = global_kernels()
     assert len(kernels) >= 15, kernels

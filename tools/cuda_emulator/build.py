@@ -34,6 +34,7 @@ KERNEL_SOURCES = BATCH_NORM_SOURCES + GROUP_NORM_SOURCES
 DRIVERS = {
     "batch_norm_kernels": BATCH_NORM_SOURCES,
     "group_norm_kernels": GROUP_NORM_SOURCES,
+    "finalize_kernels": ["cuda/finalize.cu"],
     "emulator_checks": [],
 }
 DRIVER_DIR = os.path.join("tests", "cuda_emulated")
