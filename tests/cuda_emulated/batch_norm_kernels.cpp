@@ -181,18 +181,14 @@ void run_case(const Case& k, const ActRef& act, bool residual, bool from_output,
 struct Suite {
   template <typename scalar_t>
   static void run(const Options& opt, Report& rep) {
-    for (const Case& k : kCases) {
-      for (const ActRef& act : activations()) {
-        const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
-        if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
-        run_case<scalar_t>(k, act, false, false, opt, rep);
-        if (act.act == Act::Silu || act.act == Act::LeakyRelu) run_case<scalar_t>(k, act, true, false, opt, rep);
-        // ELU's inverse near -alpha turns a 16-bit output's rounding into a large error in z.
-        constexpr bool k16 = sizeof(scalar_t) == 2;
-        if (act.invertible && !(k16 && act.act == Act::Elu))
-          run_case<scalar_t>(k, act, act.act == Act::LeakyRelu, true, opt, rep);
-      }
-    }
+    for_each_selected<scalar_t>(kCases, opt, [&](const Case& k, const ActRef& act) {
+      run_case<scalar_t>(k, act, false, false, opt, rep);
+      if (act.act == Act::Silu || act.act == Act::LeakyRelu) run_case<scalar_t>(k, act, true, false, opt, rep);
+      // ELU's inverse near -alpha turns a 16-bit output's rounding into a large error in z.
+      constexpr bool k16 = sizeof(scalar_t) == 2;
+      if (act.invertible && !(k16 && act.act == Act::Elu))
+        run_case<scalar_t>(k, act, act.act == Act::LeakyRelu, true, opt, rep);
+    });
   }
 };
 

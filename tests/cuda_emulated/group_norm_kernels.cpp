@@ -138,18 +138,14 @@ void run_case(const Case& k, const ActRef& act, bool residual, const Options& op
 struct Suite {
   template <typename scalar_t>
   static void run(const Options& opt, Report& rep) {
-    for (const Case& k : kCases) {
-      for (const ActRef& act : activations()) {
-        const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
-        if (!opt.filter.empty() && name.find(opt.filter) == std::string::npos) continue;
-        if (k.large) {
-          if (act.act == Act::Silu && !std::is_same_v<scalar_t, double>) run_case<scalar_t>(k, act, true, opt, rep);
-          continue;
-        }
-        run_case<scalar_t>(k, act, false, opt, rep);
-        if (act.act == Act::Silu) run_case<scalar_t>(k, act, true, opt, rep);
+    for_each_selected<scalar_t>(kCases, opt, [&](const Case& k, const ActRef& act) {
+      if (k.large) {
+        if (act.act == Act::Silu && !std::is_same_v<scalar_t, double>) run_case<scalar_t>(k, act, true, opt, rep);
+        return;
       }
-    }
+      run_case<scalar_t>(k, act, false, opt, rep);
+      if (act.act == Act::Silu) run_case<scalar_t>(k, act, true, opt, rep);
+    });
   }
 };
 

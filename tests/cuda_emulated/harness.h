@@ -182,6 +182,16 @@ struct Report {
   }
 };
 
+// Calls f(case, activation) for each case (with a `name`) and activation the --filter selects.
+template <typename scalar_t, typename Cases, typename F>
+void for_each_selected(const Cases& cases, const Options& opt, F&& f) {
+  for (const auto& k : cases)
+    for (const ActRef& act : activations()) {
+      const std::string name = std::string(k.name) + " " + dtype_name<scalar_t> + " " + act.name;
+      if (opt.filter.empty() || name.find(opt.filter) != std::string::npos) f(k, act);
+    }
+}
+
 // A driver's main: Suite::run<T>(options, report) for the four dtypes, then the verdict.
 template <typename Suite>
 int run_suite(int argc, char** argv, const char* name) {
