@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test check-imports test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
+.PHONY: venv build test check-imports test-cuda-emulated test-cuda-emulated-sanitize test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -34,6 +34,21 @@ SANITIZE_TESTS ?= -m "not slow" tests/test_errors.py tests/test_numerics.py test
   tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py
 test-sanitize: venv
 	SANITIZE=1 bash tools/scratch_test.sh sanitize $(PY) -q $(SANITIZE_TESTS)
+
+# Every CUDA kernel on the host, no GPU and no torch build needed: tools/cuda_emulator compiles
+# csrc/cuda's kernel files with g++ against a CUDA execution emulator (build/cuda_emulated) and
+# tests/cuda_emulated's drivers check each launcher against float64 in three scheduling orders,
+# then each mutation in tests/test_cuda_emulated_mutations.py must turn that suite red.
+# --noconftest: tests/conftest.py imports the built extension, which this does not need.
+EMULATED_TESTS ?= tests/test_cuda_emulated.py tests/test_cuda_emulated_mutations.py
+test-cuda-emulated: venv
+	@start=$$(date +%s); $(PY) -m pytest -q -p no:cacheprovider --noconftest $(EMULATED_TESTS); rc=$$?; \
+	  echo "test-cuda-emulated: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The same under AddressSanitizer + UndefinedBehaviorSanitizer (build/cuda_emulated_sanitize).
+test-cuda-emulated-sanitize: venv
+	@start=$$(date +%s); PYFUSEDBN_EMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider --noconftest \
+	  tests/test_cuda_emulated.py; rc=$$?; echo "test-cuda-emulated-sanitize: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # The lowest torch pyproject.toml supports, in its own venv and build directory: the CPU suite
 # less its long tail (the full matrix runs on TORCH_VERSION in `make test`).

@@ -115,44 +115,49 @@ __global__ void group_elemt_kernel(ElemtArgs<scalar_t, acc_t> a) {
   });
 }
 
-// One block per (n, c) plane (NCHW).
+// One block per (n, c) plane (NCHW), grid-stride past the grid's limit.
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
 __global__ void group_reduce_planar(ReduceArgs<scalar_t, acc_t> a) {
-  const int64_t nc = blockIdx.x, S = a.shape.spatial;
-  const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, nc);
-  SumPair<acc_t> acc{0, 0};
-  for (int64_t s = threadIdx.y * blockDim.x + threadIdx.x; s < S; s += blockDim.x * blockDim.y) {
-    acc_t g[1], xc[1];
-    group_backward_terms<Act, kResidual, false>(a, nc * S + s, k_c, g, xc);
-    acc.g += g[0];
-    acc.g_xc += g[0] * xc[0];
-  }
-  acc = merge_over_block(acc, 1);
-  if (threadIdx.x == 0 && threadIdx.y == 0) {
-    a.sum_g[nc] = acc.g;
-    a.sum_g_xc[nc] = acc.g_xc;
-  }
-}
-
-// One block per (n, 32-channel tile) of the rows layout: x along channels, y along rows.
-template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
-__global__ void group_reduce_rows(ReduceArgs<scalar_t, acc_t> a, int64_t tiles) {
-  const int64_t C = a.shape.channels, S = a.shape.spatial;
-  const int64_t n = blockIdx.x / tiles, c = (blockIdx.x % tiles) * blockDim.x + threadIdx.x;
-  SumPair<acc_t> acc{0, 0};
-  if (c < C) {
-    const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, n * C + c);
-    for (int64_t s = threadIdx.y; s < S; s += blockDim.y) {
+  const int64_t S = a.shape.spatial, planes = a.shape.batch * a.shape.channels;
+  for (int64_t nc = blockIdx.x; nc < planes; nc += gridDim.x) {
+    const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, nc);
+    SumPair<acc_t> acc{0, 0};
+    for (int64_t s = threadIdx.y * blockDim.x + threadIdx.x; s < S; s += blockDim.x * blockDim.y) {
       acc_t g[1], xc[1];
-      group_backward_terms<Act, kResidual, false>(a, (n * S + s) * C + c, k_c, g, xc);
+      group_backward_terms<Act, kResidual, false>(a, nc * S + s, k_c, g, xc);
       acc.g += g[0];
       acc.g_xc += g[0] * xc[0];
     }
+    acc = merge_over_block(acc, 1);  // (starts with a barrier: the last plane's readers are done)
+    if (threadIdx.x == 0 && threadIdx.y == 0) {
+      a.sum_g[nc] = acc.g;
+      a.sum_g_xc[nc] = acc.g_xc;
+    }
   }
-  acc = merge_over_block(acc, blockDim.x);
-  if (threadIdx.y == 0 && c < C) {
-    a.sum_g[n * C + c] = acc.g;
-    a.sum_g_xc[n * C + c] = acc.g_xc;
+}
+
+// One block per (n, 32-channel tile) of the rows layout: x along channels, y along rows;
+// grid-stride past the grid's limit.
+template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+__global__ void group_reduce_rows(ReduceArgs<scalar_t, acc_t> a, int64_t tiles) {
+  const int64_t C = a.shape.channels, S = a.shape.spatial;
+  for (int64_t item = blockIdx.x; item < a.shape.batch * tiles; item += gridDim.x) {
+    const int64_t n = item / tiles, c = (item % tiles) * blockDim.x + threadIdx.x;
+    SumPair<acc_t> acc{0, 0};
+    if (c < C) {
+      const auto k_c = GroupRebuildCoefs<acc_t, 1>::one_channel(a.mean, a.scale, a.bias, n * C + c);
+      for (int64_t s = threadIdx.y; s < S; s += blockDim.y) {
+        acc_t g[1], xc[1];
+        group_backward_terms<Act, kResidual, false>(a, (n * S + s) * C + c, k_c, g, xc);
+        acc.g += g[0];
+        acc.g_xc += g[0] * xc[0];
+      }
+    }
+    acc = merge_over_block(acc, blockDim.x);
+    if (threadIdx.y == 0 && c < C) {
+      a.sum_g[n * C + c] = acc.g;
+      a.sum_g_xc[n * C + c] = acc.g_xc;
+    }
   }
 }
 
@@ -191,13 +196,14 @@ void launch_group_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKi
   dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
     using Act = decltype(activation);
     constexpr bool kRes = decltype(res)::value;
+    // Clamped to the grid's limit (the kernels stride past it), as launch_group_stats.
     if (shape.channels_last) {
       const int64_t tiles = ceil_div(shape.channels, 32);
-      group_reduce_rows<Act, kRes><<<static_cast<unsigned>(shape.batch * tiles), dim3(32, kBlockThreads / 32), 0,
-                                     ctx.stream>>>(args, tiles);
+      const auto blocks = static_cast<unsigned>(std::min<int64_t>(shape.batch * tiles, kMaxGridX));
+      group_reduce_rows<Act, kRes><<<blocks, dim3(32, kBlockThreads / 32), 0, ctx.stream>>>(args, tiles);
     } else {
-      group_reduce_planar<Act, kRes><<<static_cast<unsigned>(shape.batch * shape.channels),
-                                       dim3(32, kBlockThreads / 32), 0, ctx.stream>>>(args);
+      const auto blocks = static_cast<unsigned>(std::min<int64_t>(shape.batch * shape.channels, kMaxGridX));
+      group_reduce_planar<Act, kRes><<<blocks, dim3(32, kBlockThreads / 32), 0, ctx.stream>>>(args);
     }
   });
 }

@@ -98,9 +98,13 @@ inline Geometry launch_geometry(const BnShape& shape, int vec, int64_t target_bl
 }
 
 // About one full wave of 256-thread blocks (at most 8 per SM: 2048 threads); the launchers
-// lower it to what the kernel's registers allow. Elementwise passes want a few waves.
-inline int64_t reduction_target_blocks(int num_sms, int blocks_per_sm = 8) {
-  return static_cast<int64_t>(blocks_per_sm < 1 ? 1 : blocks_per_sm) * (num_sms < 1 ? 1 : num_sms);
+// lower it to what the kernel's registers allow. Elementwise passes want a few waves. The
+// occupancy answer is capped at kMaxBlocksPerSm: the reductions' workspace is sized for it
+// (reduction_parts_bound), and an SM with more room (16 blocks) would overrun its partial slots.
+constexpr int kMaxBlocksPerSm = 8;
+inline int64_t reduction_target_blocks(int num_sms, int blocks_per_sm = kMaxBlocksPerSm) {
+  const int per_sm = blocks_per_sm < 1 ? 1 : (blocks_per_sm > kMaxBlocksPerSm ? kMaxBlocksPerSm : blocks_per_sm);
+  return static_cast<int64_t>(per_sm) * (num_sms < 1 ? 1 : num_sms);
 }
 inline int64_t elementwise_target_blocks(int num_sms, int blocks_per_sm = 8) {
   return 4 * reduction_target_blocks(num_sms, blocks_per_sm);

@@ -1,0 +1,126 @@
+"""Builds the emulated CUDA test drivers: csrc is copied through rewrite.py into a build
+directory, the kernel files below are compiled with g++ against tools/cuda_emulator/include, and
+each driver in tests/cuda_emulated/ is linked with them and the emulator's runtime. Objects are
+rebuilt only when one of their dependencies changed (g++ -MMD).
+
+    python3 tools/cuda_emulator/build.py [--sanitize] [BUILD_DIR]
+"""
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import rewrite  # noqa: E402
+
+# The one list of kernel sources the emulated suite compiles (relative to csrc/), and the folder
+# rewrite.py rewrites: update these when the CUDA files move.
+CSRC = "csrc"
+CUDA_DIR = "cuda"
+BATCH_NORM_SOURCES = [
+    "cuda/batch_norm_stats.cu",
+    "cuda/batch_norm_elementwise.cu",
+    "cuda/batch_norm_backward_reduce.cu",
+    "cuda/batch_norm_finalize.cu",
+]
+GROUP_NORM_SOURCES = [
+    "cuda/group_norm.cu",
+    "cuda/group_norm_finalize.cu",
+]
+KERNEL_SOURCES = BATCH_NORM_SOURCES + GROUP_NORM_SOURCES
+# Driver (tests/cuda_emulated/NAME.cpp) -> the kernel sources it links.
+DRIVERS = {
+    "batch_norm_kernels": BATCH_NORM_SOURCES,
+    "group_norm_kernels": GROUP_NORM_SOURCES,
+    "finalize_kernels": ["cuda/batch_norm_finalize.cu"],
+    "emulator_checks": [],
+}
+DRIVER_DIR = os.path.join("tests", "cuda_emulated")
+INCLUDE = os.path.join(ROOT, "tools", "cuda_emulator", "include")
+RUNTIME = os.path.join(ROOT, "tools", "cuda_emulator", "runtime.cpp")
+DEFAULT_BUILD = os.path.join(ROOT, "build", "cuda_emulated")
+
+# -O0: the kernel files instantiate every activation x dtype x layout x vector width; -O1 took
+# minutes per file on 2 cores.
+FLAGS = ["-std=c++17", "-O0", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"]
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+
+
+def _stale(obj, dep_file):
+    if not (os.path.exists(obj) and os.path.exists(dep_file)):
+        return True
+    with open(dep_file) as f:
+        deps = f.read().replace("\\\n", " ").split(":", 1)[1].split()
+    built = os.path.getmtime(obj)
+    return any(not os.path.exists(d) or os.path.getmtime(d) > built for d in deps)
+
+
+def _compile(source, obj, flags):
+    dep = obj + ".d"
+    if not _stale(obj, dep):
+        return None
+    cmd = ["g++", *flags, "-MMD", "-MF", dep, "-c", source, "-o", obj]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        return f"{' '.join(cmd)}\n{result.stderr}"
+    return None
+
+
+def build(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), drivers=tuple(DRIVERS), jobs=2):
+    """Builds into build_dir and returns {driver name: executable path}. `edits`: see
+    rewrite.copy_tree (the mutation tests). Raises RuntimeError with the compiler's output."""
+    src_copy = os.path.join(build_dir, "csrc")
+    rewrite.copy_tree(os.path.join(ROOT, CSRC), src_copy, CUDA_DIR, edits)
+    flags = FLAGS + (SANITIZE_FLAGS if sanitize else []) + ["-I", src_copy, "-I", INCLUDE]
+    objects_dir = os.path.join(build_dir, "obj")
+    os.makedirs(objects_dir, exist_ok=True)
+    sources = sorted({s for d in drivers for s in DRIVERS[d]})
+    units = [(os.path.join(src_copy, s + ".cpp"), os.path.join(objects_dir, os.path.basename(s) + ".o"))
+             for s in sources]
+    units.append((RUNTIME, os.path.join(objects_dir, "runtime.o")))
+    for d in drivers:
+        units.append((os.path.join(ROOT, DRIVER_DIR, d + ".cpp"), os.path.join(objects_dir, d + ".o")))
+    # The longest first: two cores finish together.
+    units.sort(key=lambda u: -os.path.getsize(u[0]))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        errors = [e for e in pool.map(lambda u: _compile(u[0], u[1], flags), units) if e]
+    if errors:
+        raise RuntimeError("\n".join(errors))
+    executables = {}
+    for d in drivers:
+        exe = os.path.join(build_dir, d)
+        inputs = [os.path.join(objects_dir, os.path.basename(s) + ".o") for s in DRIVERS[d]]
+        inputs += [os.path.join(objects_dir, "runtime.o"), os.path.join(objects_dir, d + ".o")]
+        if not os.path.exists(exe) or any(os.path.getmtime(i) > os.path.getmtime(exe) for i in inputs):
+            result = subprocess.run(["g++", *flags, "-o", exe, *inputs], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(result.stderr)
+        executables[d] = exe
+    return executables
+
+
+def build_variant(name, edits, drivers=tuple(DRIVERS), sanitize=False):
+    """A build with `edits` applied to the copied sources (rewrite.copy_tree), in build/NAME next
+    to the default one, starting from a copy of its objects so that only the files depending on
+    the edited ones are recompiled."""
+    base = DEFAULT_BUILD + ("_sanitize" if sanitize else "")
+    variant = os.path.join(os.path.dirname(DEFAULT_BUILD), name)
+    if os.path.isdir(base) and not os.path.isdir(variant):
+        shutil.copytree(base, variant, copy_function=shutil.copy2)
+        objects = os.path.join(variant, "obj")
+        for dep in os.listdir(objects):
+            if dep.endswith(".d"):
+                path = os.path.join(objects, dep)
+                with open(path) as f:
+                    text = f.read().replace(base + os.sep, variant + os.sep)
+                with open(path, "w") as f:
+                    f.write(text)
+                os.utime(path, (os.path.getmtime(path[:-2]),) * 2)
+    return build(variant, sanitize=sanitize, edits=edits, drivers=drivers)
+
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if a != "--sanitize"]
+    print(build(args[0] if args else DEFAULT_BUILD, sanitize="--sanitize" in sys.argv))
