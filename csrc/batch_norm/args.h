@@ -14,6 +14,10 @@
 
 namespace pyfusedbn {
 
+// An untyped workspace slot or tensor data pointer as the kernels' typed one.
+template <typename T>
+T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
+
 // `count` vectors of C accumulate-type values in one allocation: on the CPU plain host memory
 // (no torch op at all), on a GPU one allocation from torch's caching allocator.
 class ChannelWorkspace {

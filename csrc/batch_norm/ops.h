@@ -34,6 +34,11 @@ void check_batches_tracked(const OptTensor& t, const Tensor& input, const char* 
 // Per-channel accumulate-type vectors the backward passes read (workspace slots or tensors'
 // data): the rebuild coefficients (common/kernel_args.h, rebuild_pre_activation) and the elementwise
 // pass's coefficients (coefficients.h, elemt_coefficients).
+struct ElemtCoefficientPtrs {
+  const void* coef_g;
+  const void* coef_xc;
+  const void* coef_const;
+};
 struct RebuildCoefficients {
   const void* mean;
   const void* scale;
@@ -41,11 +46,33 @@ struct RebuildCoefficients {
   // Where a backend keeps g = grad_out * act'(z) between the two backward passes of one call
   // (CPU, costly activations: csrc/cpu/grad_cache.h); nullptr: each pass computes it.
   void* grad_cache = nullptr;
-};
-struct ElemtCoefficientPtrs {
-  const void* coef_g;
-  const void* coef_xc;
-  const void* coef_const;
+
+  // The backward passes' kernel arguments over these vectors, from the tensors' data pointers
+  // in the backend's element type (at::Half on the CPU, __half on CUDA).
+  template <typename scalar_t, typename acc_t>
+  ReduceArgs<scalar_t, acc_t> reduce_args(const scalar_t* grad_out, const scalar_t* saved, const scalar_t* residual,
+                                          void* sum_g, void* sum_g_xc, acc_t param, const BnShape& shape) const {
+    return {grad_out, saved, residual, typed<acc_t>(mean), typed<acc_t>(scale), typed<acc_t>(bias),
+            typed<acc_t>(sum_g), typed<acc_t>(sum_g_xc), param, shape};
+  }
+  template <typename scalar_t, typename acc_t>
+  ElemtArgs<scalar_t, acc_t> elemt_args(const scalar_t* grad_out, const scalar_t* saved, const scalar_t* residual,
+                                        const ElemtCoefficientPtrs& coef, scalar_t* grad_input,
+                                        scalar_t* grad_residual, acc_t param, const BnShape& shape) const {
+    return {grad_out,
+            saved,
+            residual,
+            typed<acc_t>(mean),
+            typed<acc_t>(scale),
+            typed<acc_t>(bias),
+            typed<acc_t>(coef.coef_g),
+            typed<acc_t>(coef.coef_xc),
+            typed<acc_t>(coef.coef_const),
+            grad_input,
+            grad_residual,
+            param,
+            shape};
+  }
 };
 
 template <typename Backend>

@@ -24,9 +24,6 @@ struct HostConvert {
   static T from_acc(acc_t v) { return static_cast<T>(v); }
 };
 
-template <typename T>
-T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
-
 struct CpuBackend {
   static void stats(const Tensor& x, const BnShape& shape, void* mean, void* var) {
     count_kernel_call(KernelDevice::CPU);
@@ -62,11 +59,8 @@ struct CpuBackend {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_reduce_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const ReduceArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
-          typed<acc_t>(k.mean),    typed<acc_t>(k.scale),      typed<acc_t>(k.bias),
-          typed<acc_t>(sum_g),     typed<acc_t>(sum_g_xc),     static_cast<acc_t>(param),
-          shape};
+      const auto args = k.reduce_args(dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+                                      sum_g, sum_g_xc, static_cast<acc_t>(param), shape);
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         using Act = decltype(activation);
         constexpr bool kRes = decltype(has_res)::value, kFromOut = decltype(from_out)::value;
@@ -85,20 +79,10 @@ struct CpuBackend {
     count_kernel_call(KernelDevice::CPU);
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_elemt_cpu", [&] {
       using acc_t = at::opmath_type<scalar_t>;
-      const ElemtArgs<scalar_t, acc_t> args{
-          dy.data_ptr<scalar_t>(),
-          saved.data_ptr<scalar_t>(),
-          ptr_or_null<scalar_t>(residual),
-          typed<acc_t>(k.mean),
-          typed<acc_t>(k.scale),
-          typed<acc_t>(k.bias),
-          typed<acc_t>(coef.coef_g),
-          typed<acc_t>(coef.coef_xc),
-          typed<acc_t>(coef.coef_const),
-          grad_input.data_ptr<scalar_t>(),
-          residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
-          static_cast<acc_t>(param),
-          shape};
+      const auto args = k.elemt_args(dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+                                     coef, grad_input.data_ptr<scalar_t>(),
+                                     residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr,
+                                     static_cast<acc_t>(param), shape);
       dispatch_backward(act, residual.has_value(), from_output, [&](auto activation, auto has_res, auto from_out) {
         using Act = decltype(activation);
         constexpr bool kRes = decltype(has_res)::value, kFromOut = decltype(from_out)::value;

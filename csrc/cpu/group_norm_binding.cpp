@@ -7,8 +7,8 @@
 
 #include "../common/dispatch.h"
 #include "../common/kernel_calls.h"
+#include "../group_norm/backward_ops.h"
 #include "../group_norm/coefficients.h"
-#include "../group_norm/ops.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.h"
 

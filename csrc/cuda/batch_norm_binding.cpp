@@ -23,9 +23,6 @@ Tensor reduction_workspace(const Tensor& like, const BnShape& shape, const cuda:
   return at::empty({cuda::workspace_elements(shape, ctx.num_sms)}, like.options().dtype(acc_type_of(like)));
 }
 
-template <typename T>
-T* typed(const void* p) { return static_cast<T*>(const_cast<void*>(p)); }
-
 struct CudaBackend {
   static void stats(const Tensor& x, const BnShape& shape, void* mean, void* var) {
     count_kernel_call(KernelDevice::CUDA);
@@ -71,11 +68,9 @@ struct CudaBackend {
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_reduce_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using cuda_t = typename CudaScalar<scalar_t>::type;
-      const ReduceArgs<cuda_t, acc_t> args{
-          device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved), device_ptr_or_null<scalar_t>(residual),
-          typed<acc_t>(k.mean),     typed<acc_t>(k.scale),       typed<acc_t>(k.bias),
-          typed<acc_t>(sum_g),      typed<acc_t>(sum_g_xc),      static_cast<acc_t>(param),
-          shape};
+      const auto args = k.reduce_args<cuda_t>(device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved),
+                                              device_ptr_or_null<scalar_t>(residual), sum_g, sum_g_xc,
+                                              static_cast<acc_t>(param), shape);
       cuda::launch_backward_reduce(args, act, from_output, workspace.data_ptr<acc_t>(), ctx);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -91,20 +86,11 @@ struct CudaBackend {
     FBN_DISPATCH_FLOATING(saved.scalar_type(), "batch_norm_act_backward_elemt_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       using cuda_t = typename CudaScalar<scalar_t>::type;
-      const ElemtArgs<cuda_t, acc_t> args{
-          device_ptr<scalar_t>(dy),
-          device_ptr<scalar_t>(saved),
-          device_ptr_or_null<scalar_t>(residual),
-          typed<acc_t>(k.mean),
-          typed<acc_t>(k.scale),
-          typed<acc_t>(k.bias),
-          typed<acc_t>(coef.coef_g),
-          typed<acc_t>(coef.coef_xc),
-          typed<acc_t>(coef.coef_const),
-          device_ptr<scalar_t>(grad_input),
-          residual.has_value() ? device_ptr<scalar_t>(grad_residual) : nullptr,
-          static_cast<acc_t>(param),
-          shape};
+      const auto args = k.elemt_args<cuda_t>(device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved),
+                                             device_ptr_or_null<scalar_t>(residual), coef,
+                                             device_ptr<scalar_t>(grad_input),
+                                             residual.has_value() ? device_ptr<scalar_t>(grad_residual) : nullptr,
+                                             static_cast<acc_t>(param), shape);
       cuda::launch_backward_elemt(args, act, from_output, ctx);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();

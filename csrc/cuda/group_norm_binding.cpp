@@ -11,7 +11,7 @@
 #include <torch/library.h>
 
 #include "../common/kernel_calls.h"
-#include "../group_norm/ops.h"
+#include "../group_norm/backward_ops.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.cuh"
 

@@ -1,6 +1,6 @@
 // Device-independent pieces of the GroupNorm ops: argument checks, the accumulate-type views of
 // the parameters and statistics, the workspaces.
-#include "ops.h"
+#include "backward_ops.h"
 
 #include "coefficients.h"
 
