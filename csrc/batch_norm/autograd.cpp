@@ -200,7 +200,7 @@ TORCH_LIBRARY_IMPL(pyfusedbn, CompositeExplicitAutograd, m) {
   m.impl("batch_norm_act", &batch_norm_act_forward_only);
 }
 
-// The autograd's rules as ops (schemas in layer_autograd_ops.cpp) for the Python autograd that
+// The autograd's rules as ops (schemas in batch_norm/schema.cpp) for the Python autograd that
 // torch.compile and torch.export trace: one definition for both paths.
 TORCH_LIBRARY_IMPL(pyfusedbn, CompositeImplicitAutograd, m) {
   m.impl("batch_norm_act_saves", &saves);

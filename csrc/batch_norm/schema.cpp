@@ -60,10 +60,25 @@ TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
       "Tensor(a!)? running_mean, Tensor(b!)? running_var, bool training, float momentum, float eps, "
       "str activation, float activation_param, Tensor(c!)? num_batches_tracked=None) -> Tensor");
   // batch_norm_act's backward as differentiable torch ops, for create_graph=True (double
-  // backward); implemented in Python (pyfusedbn/functional.py) as CompositeImplicitAutograd.
+  // backward); implemented in Python (pyfusedbn/composite.py) as CompositeImplicitAutograd.
   m.def(
       "batch_norm_act_composite_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor? residual, Tensor mean, Tensor invstd, bool training, float eps, str activation, "
       "float activation_param, bool[4] output_mask) "
+      "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
+  // The autograd's rules as ops, so that eager's C++ autograd (batch_norm/autograd.cpp, which
+  // implements them) and the Python autograd.Function that torch.compile and torch.export trace
+  // (pyfusedbn/batch_norm_autograd.py) ask the same op what to save and call the same backward.
+  // Which of the optional tensors batch_norm_act's autograd saves beside input, weight, bias,
+  // mean and invstd: the residual, or the output (for activations whose derivative reads off it).
+  m.def("batch_norm_act_saves(bool has_residual, str activation, float activation_param) "
+        "-> (bool residual, bool output)");
+  // batch_norm_act's backward from what its forward saved (residual and output as
+  // batch_norm_act_saves says, None otherwise): the fused backward op, or with grad mode on
+  // (create_graph=True) the differentiable composite. None where output_mask is False.
+  m.def(
+      "batch_norm_act_layer_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, Tensor mean, Tensor invstd, Tensor? output, bool has_residual, bool training, "
+      "float eps, str activation, float activation_param, bool[4] output_mask) "
       "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
 }

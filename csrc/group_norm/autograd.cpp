@@ -117,7 +117,7 @@ TORCH_LIBRARY_IMPL(pyfusedbn, Autograd, m) { m.impl("group_norm_act_layer", &gro
 // Below autograd (inference mode, or a caller that excluded it): the forward op itself.
 TORCH_LIBRARY_IMPL(pyfusedbn, CompositeExplicitAutograd, m) { m.impl("group_norm_act_layer", &forward_op); }
 
-// The backward as an op (schema in layer_autograd_ops.cpp) for the Python autograd that
+// The backward as an op (schema in group_norm/schema.cpp) for the Python autograd that
 // torch.compile and torch.export trace: one definition for both paths.
 TORCH_LIBRARY_IMPL(pyfusedbn, CompositeImplicitAutograd, m) {
   m.impl("group_norm_act_layer_backward", &layer_backward);

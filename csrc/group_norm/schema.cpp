@@ -25,9 +25,19 @@ TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
       "int num_groups, float eps, str activation, float activation_param) -> "
       "(Tensor out, Tensor mean, Tensor rstd)");
   // Differentiable gradients for create_graph=True (double backward) through torch ops, implemented
-  // in Python (pyfusedbn/group_norm.py); None where output_mask is False or the argument is None.
+  // in Python (pyfusedbn/composite.py); None where output_mask is False or the argument is None.
   m.def(
       "group_norm_act_composite_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor? residual, int num_groups, float eps, str activation, float activation_param, "
       "bool[4] output_mask) -> (Tensor?, Tensor?, Tensor?, Tensor?)");
+  // The backward as an op, so that eager's C++ autograd (group_norm/autograd.cpp, which implements
+  // it) and the Python autograd.Function of torch.compile and torch.export
+  // (pyfusedbn/group_norm_autograd.py) share one definition.
+  // group_norm_act_layer's backward from what its forward saved (input, weight, bias, residual,
+  // mean, rstd), as batch_norm_act_layer_backward.
+  m.def(
+      "group_norm_act_layer_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
+      "Tensor? residual, Tensor mean, Tensor rstd, int num_groups, float eps, str activation, "
+      "float activation_param, bool[4] output_mask) "
+      "-> (Tensor? grad_input, Tensor? grad_weight, Tensor? grad_bias, Tensor? grad_residual)");
 }
