@@ -3,13 +3,18 @@
     python -m benchmarks.study --quick|--full [--models mlp cnn] [--inits ...] [--norms ...]
                                [--activations ...] [--seeds 0 1 2] [--clip-grad-norm 1.0]
 
-A deep MLP (11 hidden layers of equal width, the usual teaching example) and a plain deep CNN
-(no skips), each for init {N(0,1), PyTorch default, Xavier, He} x {no BatchNorm, fused BatchNorm}
-x {sigmoid, tanh, relu} x seeds; Adam 1e-3, batch 64. Per run: test accuracy during training,
-steps to reach a target test accuracy (Ioffe & Szegedy's table), per-layer gradient norms on the
-first batch (the vanishing-gradient picture), optional gradient clipping. Then the batch-size
-and learning-rate axes of benchmarks/study_axes.py (--no-axes skips them). Inputs are normalised
-with the training set's own mean and std (computed, about 0.2860 / 0.3530).
+A deep MLP (11 hidden layers of equal width, the usual teaching example), or with --models cnn
+also a plain deep CNN (no skips), each for init {N(0,1), PyTorch default, Xavier, He} x {no
+BatchNorm, fused BatchNorm} x {sigmoid, tanh, relu} x 3 seeds; Adam 1e-3, batch 64. Per run: test
+accuracy during training, steps to reach a target test accuracy (Ioffe & Szegedy's table), per-layer
+gradient norms on the first batch (the vanishing-gradient picture), optional gradient clipping.
+Before it, the batch-size and learning-rate axes of benchmarks/study_axes.py (--no-axes skips
+them). Inputs are normalised with the training set's own mean and std (about 0.2860 / 0.3530).
+Tables and sentences: mean ± spread over seeds (benchmarks/study_report.py, study_axes_report.py).
+
+quick (`make bench`): the MLP grid on 12,800 images, one epoch; the axes on 4096 images.
+full, the "paper" mode sized for one 2-core machine: the MLP grid on all 60,000 images, one
+  epoch; the axes on 16,384 images, batches 2-64. Its committed run: benchmarks/published/study/.
 """
 import argparse
 import dataclasses
@@ -32,10 +37,10 @@ STUDY_NORMS = ("none", "fused")
 # (`--models mlp cnn`) is out of quick mode: at 3 seeds its grid does not fit `make bench`'s minutes.
 QUICK = {"models": ("mlp",), "seeds": (0, 1, 2), "epochs": 1, "train_images": 12800,
          "eval_images": 2000, "eval_every": 25, "target": 0.80, "cnn": {}}
-# Full, the "paper" mode sized for one 2-core machine: the MLP grid, 3 seeds, two epochs of all
-# 60,000 images (1874 steps), 10,000 test images; with the axes ~30 minutes on a busy machine.
-FULL = {"models": ("mlp",), "seeds": (0, 1, 2), "epochs": 2, "train_images": None,
-        "eval_images": 10000, "eval_every": 200, "target": 0.85, "cnn": {}}
+# Full, the "paper" mode sized for one 2-core machine: the MLP grid, 3 seeds, one epoch of all
+# 60,000 images (937 steps), 10,000 test images; with the axes ~35 minutes on a busy machine.
+FULL = {"models": ("mlp",), "seeds": (0, 1, 2), "epochs": 1, "train_images": None,
+        "eval_images": 10000, "eval_every": 100, "target": 0.85, "cnn": {}}
 
 
 def grid(config: Dict, inits, norms, activations) -> List[tuple]:

@@ -176,6 +176,11 @@ def axes_paragraph(axes: dict) -> str:
     else:
         text.append("This disagrees with Wu & He (BatchNorm's accuracy falls at tiny batches, "
                     "below GroupNorm's): the difference above is not there or not beyond the spread.")
+    below = [b for b in sizes if (lambda d: d is not None and d["supported"] and d["delta"] < 0)(
+        difference(_acc(batch, "fused", b), _acc(batch, "group_norm", b)))]
+    if below:
+        text.append(f"BatchNorm is below GroupNorm beyond the spread at batch "
+                    f"{', '.join(map(str, below))} (Wu & He see it below batch ~8).")
     if wu_he and bn_drop["delta"] < -0.2:
         text.append("The drop is far larger than theirs (a few points on ImageNet): in an MLP a "
                     f"batch of {small} gives each feature {small} values to normalise, where a "
