@@ -123,7 +123,9 @@ def _study_intro(study: dict) -> List[str]:
                   f"are counted at the evaluation points (a multiple of {config['eval_every']}). "
                   "Gradient ratio: the second weight layer's gradient norm over the last hidden "
                   "layer's on the first batch; far below 1 is a vanishing gradient. Gradient "
-                  "clipping: " + clip_note, "", grid_tables(study), "", grid_paragraph(study), ""]
+                  "clipping: " + clip_note
+                  + (f" Note: {study['target_note']}." if study.get("target_note") else ""),
+                  "", grid_tables(study), "", grid_paragraph(study), ""]
     return lines
 
 

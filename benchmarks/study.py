@@ -42,7 +42,7 @@ QUICK = {"models": ("mlp",), "seeds": (0, 1, 2), "epochs": 1, "train_images": 12
 # Full, the "paper" mode sized for one 2-core machine: the MLP grid, 3 seeds, one epoch of all
 # 60,000 images (937 steps), 10,000 test images; with the axes ~35 minutes on a busy machine.
 FULL = {"models": ("mlp",), "seeds": (0, 1, 2), "epochs": 1, "train_images": None,
-        "eval_images": 10000, "eval_every": 100, "target": 0.85, "cnn": {}}
+        "eval_images": 10000, "eval_every": 100, "target": 0.80, "cnn": {}}
 
 
 def grid(config: Dict, inits, norms, activations) -> List[tuple]:
