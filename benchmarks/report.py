@@ -137,6 +137,8 @@ def _published_lines(published: Optional[dict]) -> List[str]:
     run = published.get("run") or {}
     machine = published["machine"]
     wall = f", wall {run['wall_s'] / 60:.0f} min" if run.get("wall_s") else ""
+    if "&&" in (run.get("command") or ""):
+        wall += " (run as two commands, axes then grid: its REPORT.md lists them)"
     partial = (" The grid did not finish in that run: its axes only."
                if published.get("partial") else "")
     return [f"Full (\"paper\") run, committed in `benchmarks/published/study/` (REPORT.md, "

@@ -129,11 +129,14 @@ def headline(axes: dict) -> Dict:
 
 def headline_text(axes: dict) -> str:
     h = headline(axes)
+    diverged = h["none_high_diverged"].strip(" ()")
     return (f"BatchNorm vs GroupNorm at batch {h['small']}: {pct(h['bn_small'])}% vs "
-            f"{pct(h['gn_small'])}% ({pct_diff(h['bn_gn_small'])} points); at batch {h['large']}: "
-            f"{pct(h['bn_large'])}% vs {pct(h['gn_large'])}% ({pct_diff(h['bn_gn_large'])}). "
-            f"BatchNorm vs no norm at {h['high']:g}x lr: {pct(h['bn_high'])}% vs "
-            f"{pct(h['none_high'])}%{h['none_high_diverged']} ({pct_diff(h['bn_none_high'])}).")
+            f"{pct(h['gn_small'])}% (difference {pct_diff(h['bn_gn_small'])} points); at batch "
+            f"{h['large']}: {pct(h['bn_large'])}% vs {pct(h['gn_large'])}% (difference "
+            f"{pct_diff(h['bn_gn_large'])} points). BatchNorm vs no norm at {h['high']:g}x lr: "
+            f"{pct(h['bn_high'])}% vs {pct(h['none_high'])}% ("
+            + (f"no norm {diverged}; " if diverged else "")
+            + f"difference {pct_diff(h['bn_none_high'])} points).")
 
 
 def _said(d, what: str) -> str:

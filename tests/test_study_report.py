@@ -78,7 +78,8 @@ def test_tables_and_claims_follow_the_json(tiny_study, tmp_path):
     text = _report(folder)
     assert "| BatchNorm | 31.0 ± 1.4 | 82.0 ± 1.4 | **-51.0 ± 2.8** |" in text
     assert "| BatchNorm − GroupNorm | **-50.0 ± 2.8** | +1.0 ± 2.8 (within spread) |  |" in text
-    assert "BatchNorm vs GroupNorm at batch 4: 31.0 ± 1.4% vs 81.0 ± 1.4% (-50.0 ± 2.8 points)" in text
+    assert ("BatchNorm vs GroupNorm at batch 4: 31.0 ± 1.4% vs 81.0 ± 1.4% (difference -50.0 ± 2.8 "
+            "points)") in text
     assert "BatchNorm vs no norm at 30x lr: 76.0 ± 1.4% vs 10.0 ± 0.0%" in text
     assert "at batch 4 BatchNorm is, against GroupNorm, lower by 50.0 ± 2.8 points" in text
     assert "This agrees with Wu & He" in text and "This agrees with Ioffe & Szegedy" in text
