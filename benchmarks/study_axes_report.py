@@ -167,6 +167,20 @@ def axes_paragraph(axes: dict) -> str:
             f"At batch {small} BatchNorm evaluated with batch statistics (as it trained) instead of "
             f"its running statistics is {verdict(gap)}"
             + ("" if gap is None or not gap['supported'] else f" ({pct_diff(gap)} points)") + "."]
+    gaps = {b: difference(_acc(batch, "fused", b, "batch_statistics_accuracy"), _acc(batch, "fused", b))
+            for b in sizes}
+    worse = [b for b, d in gaps.items() if d is not None and d["supported"] and d["delta"] < 0]
+    better = [b for b, d in gaps.items() if d is not None and d["supported"] and d["delta"] > 0]
+    if worse or better:
+        parts = [f"below the running statistics beyond the spread at batch {', '.join(map(str, worse))}"
+                 if worse else "", f"above them at batch {', '.join(map(str, better))}" if better else ""]
+        text.append("BatchNorm evaluated on test batches' own statistics is "
+                    + " and ".join(p for p in parts if p)
+                    + (": here the running averages are not what costs accuracy at small batches, "
+                       "the network trained on noisy batch statistics is weak either way (Ioffe's "
+                       "Batch Renormalization blames the mismatch between the two; this result "
+                       "does not show that mismatch costing accuracy)." if worse and not better
+                       else "."))
     wu_he = (bn_drop is not None and bn_drop["supported"] and bn_drop["delta"] < 0
              and bn_gn is not None and bn_gn["supported"] and bn_gn["delta"] < 0)
     gn_flat = gn_drop is not None and (not gn_drop["supported"] or gn_drop["delta"] > 0)

@@ -71,6 +71,8 @@ def test_tables_and_claims_follow_the_json(tiny_study, tmp_path):
     _set(batch, [0.80, 0.82], norm="group_norm", batch_size=32)
     _set(lr, [0.75, 0.77], norm="fused", lr_multiplier=30)
     _set(lr, [0.10, 0.10], norm="none", lr_multiplier=30)
+    _set(batch, [0.20, 0.21], "batch_statistics_accuracy", norm="fused", batch_size=4)
+    _set(batch, [0.81, 0.83], "batch_statistics_accuracy", norm="fused", batch_size=32)
     folder = str(tmp_path / "edited")
     os.makedirs(folder)
     with open(os.path.join(folder, "study.json"), "w") as f:
@@ -83,6 +85,8 @@ def test_tables_and_claims_follow_the_json(tiny_study, tmp_path):
     assert "BatchNorm vs no norm at 30x lr: 76.0 ± 1.4% vs 10.0 ± 0.0%" in text
     assert "at batch 4 BatchNorm is, against GroupNorm, lower by 50.0 ± 2.8 points" in text
     assert "This agrees with Wu & He" in text and "This agrees with Ioffe & Szegedy" in text
+    assert "| BatchNorm train/eval gap (batch statistics − running statistics) | **-10.5 ± 2.1** |" in text
+    assert "own statistics is below the running statistics beyond the spread at batch 4:" in text
 
     # The opposite numbers give the opposite sentences.
     _set(batch, [0.90, 0.91], norm="fused", batch_size=4)
