@@ -6,7 +6,7 @@ from typing import List
 
 from .common.figures import COLORS, pyplot, save_figure
 from .study_axes_report import batch_axis_plot
-from .tables import STUDY_NORM_LABELS, group_runs
+from .study_report import STUDY_NORM_LABELS, group_runs
 
 
 def speedup_chart(microbench: dict, path: str) -> str:

@@ -10,7 +10,8 @@ from typing import Dict, List, Optional
 from . import model_zoo as model_zoo_section, tables
 from .common.results import load_json
 from .plots import all_plots
-from .study_axes_report import axes_paragraph
+from .study_axes_report import axes_paragraph, axes_tables, headline_text
+from .study_report import PUBLISHED_COMMAND, PUBLISHED_DIR, grid_paragraph, grid_tables, load_published
 
 REPORT_NAME = "REPORT.md"
 
@@ -89,40 +90,84 @@ def _train_section(train: dict, plots: Dict[str, str]) -> List[str]:
     return lines
 
 
-def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
-    data, config = study["data"], study["config"]
+def _study_intro(study: dict) -> List[str]:
+    data, config = study.get("data"), study.get("config")
     clip = study["runs"][0]["clip_grad_norm"] if study["runs"] else None
     clip_note = (f"max norm {clip}." if clip else
                  "none (`python -m benchmarks.study --clip-grad-norm 1.0` adds it).")
-    lines = ["## Training study: BatchNorm and initialisation", "",
-             f"Fashion-MNIST, inputs normalised with the training set's own mean "
-             f"**{data['mean']:.4f}** and std **{data['std']:.4f}** (computed over all 60,000 "
-             f"training images). {data['train_images']} training images, {config['epochs']} "
-             f"epoch(s), Adam lr {study['lr']}, batch {study['batch_size']}; test accuracy on "
-             f"{data['eval_images']} test images every {config['eval_every']} steps (BatchNorm in "
-             f"eval mode, running statistics). MLP: {study['mlp']['depth']} hidden layers of "
-             f"width {study['mlp']['width']}; CNN: plain (no skips), widths "
-             f"{study['cnn']['widths']}, {study['cnn']['blocks']} blocks of 2 convs per stage. "
-             "Init: normal = N(0,1) weights; default = PyTorch's; xavier = Glorot normal; "
-             "kaiming = He normal (fan_in). BatchNorm = pyfusedbn's fused BatchNormAct.", "",
-             "Steps to target are counted at the evaluation points (a multiple of "
-             f"{config['eval_every']}). Gradient ratio: the second weight layer's gradient norm "
-             "over the last hidden layer's on the first batch; far below 1 is a vanishing "
-             "gradient. Gradient clipping: "
-             + clip_note, "",
-             tables.study_tables(study), ""]
-    for model in ("mlp", "cnn"):
-        lines.append(_image(plots, f"study_{model}", f"{model} test accuracy"))
-        lines.append(_image(plots, f"grad_{model}", f"{model} gradient norms per layer"))
-    if study.get("axes"):
-        lines += ["", "### Batch size and learning rate", "", axes_paragraph(study["axes"]), "",
-                  _image(plots, "study_batch_axis", "test accuracy vs batch size, one line per norm")]
+    normalised = (f"inputs normalised with the training set's own mean **{data['mean']:.4f}** and "
+                  f"std **{data['std']:.4f}** (computed over all 60,000 training images)"
+                  if data else "inputs normalised with the training set's own mean and std")
+    lines = [f"Fashion-MNIST, {normalised}. Every cell runs on several seeds; a table shows mean ± standard "
+             f"deviation over them, and a difference of two cells counts only where it exceeds the "
+             f"sum of their spreads (otherwise it says \"within spread\"). The sentences under the "
+             f"tables are computed from the same numbers.", ""]
+    axes = study.get("axes")
+    if axes:
+        arch = axes["arch"]
+        lines += ["### Batch size and learning rate", "",
+                  f"Deep MLP ({arch['depth']} hidden layers of width {arch['width']}), He init, "
+                  f"ReLU, SGD momentum {axes['momentum']}, one pass over "
+                  f"{axes['config']['train_images']} training images per cell; test accuracy on "
+                  f"{axes['config']['eval_images']} test images. GroupNorm: 8 groups; LayerNorm: "
+                  f"GroupNorm with one group. BatchNorm = pyfusedbn's fused BatchNormAct.", "",
+                  axes_tables(axes), "", axes_paragraph(axes), ""]
+    if study["runs"]:
+        lines += ["### Initialisation x activation x BatchNorm", "",
+                  f"{data['train_images']} training images, {config['epochs']} epoch(s), Adam lr "
+                  f"{study['lr']}, batch {study['batch_size']}; test accuracy on "
+                  f"{data['eval_images']} test images every {config['eval_every']} steps (BatchNorm "
+                  f"in eval mode, running statistics). MLP: {study['mlp']['depth']} hidden layers of "
+                  f"width {study['mlp']['width']}. Init: normal = N(0,1) weights; default = "
+                  "PyTorch's; xavier = Glorot normal; kaiming = He normal (fan_in). Steps to target "
+                  f"are counted at the evaluation points (a multiple of {config['eval_every']}). "
+                  "Gradient ratio: the second weight layer's gradient norm over the last hidden "
+                  "layer's on the first batch; far below 1 is a vanishing gradient. Gradient "
+                  "clipping: " + clip_note
+                  + (f" Note: {study['target_note']}." if study.get("target_note") else ""),
+                  "", grid_tables(study), "", grid_paragraph(study), ""]
     return lines
 
 
-def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = None) -> str:
+def _published_lines(published: Optional[dict]) -> List[str]:
+    """The committed full run's headline, or where it would be."""
+    if not published or not published.get("axes"):
+        return [f"No committed full run found in benchmarks/published/study/; "
+                f"`{PUBLISHED_COMMAND}` makes one."]
+    run = published.get("run") or {}
+    machine = published["machine"]
+    wall = f", wall {run['wall_s'] / 60:.0f} min" if run.get("wall_s") else ""
+    if "&&" in (run.get("command") or ""):
+        wall += " (run as two commands, axes then grid: its REPORT.md lists them)"
+    partial = (" The grid did not finish in that run: its axes only."
+               if published.get("partial") else "")
+    return [f"Full (\"paper\") run, committed in `benchmarks/published/study/` (REPORT.md, "
+            f"study.json, plots): `{PUBLISHED_COMMAND}` on {machine['cpu']} "
+            f"({machine['torch_threads']} torch thread(s)), torch {machine['torch']}, "
+            f"{machine['date']}{wall}.{partial}",
+            "", "Headline (full run): " + headline_text(published["axes"])]
+
+
+def _study_section(study: dict, plots: Dict[str, str], published: Optional[dict]) -> List[str]:
+    lines = ["## Training study: BatchNorm, GroupNorm, learning rate and initialisation", ""]
+    lines += _study_intro(study)
+    lines.append(_image(plots, "study_batch_axis", "test accuracy vs batch size, one line per norm"))
+    for model in ("mlp", "cnn"):
+        lines.append(_image(plots, f"study_{model}", f"{model} test accuracy"))
+        lines.append(_image(plots, f"grad_{model}", f"{model} gradient norms per layer"))
+    lines += ["### Closing note: the headline numbers", ""]
+    if study.get("axes"):
+        lines += ["This run: " + headline_text(study["axes"]), ""]
+    if published is not study:
+        lines += _published_lines(published)
+    return lines
+
+
+def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = None,
+                 published_dir: Optional[str] = None) -> str:
     """REPORT.md from whichever of microbench.json, train.json, study.json, model_zoo.json exist
-    in out_dir."""
+    in out_dir; the study's section also quotes the committed full run (published_dir, default
+    benchmarks/published/study/) unless out_dir is that run."""
     microbench = load_json(out_dir, "microbench.json")
     train = load_json(out_dir, "train.json")
     study = load_json(out_dir, "study.json")
@@ -157,7 +202,9 @@ def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = No
     if train:
         lines += _train_section(train, made) + [""]
     if study:
-        lines += _study_section(study, made) + [""]
+        same = os.path.abspath(out_dir) == os.path.abspath(published_dir or PUBLISHED_DIR)
+        published = study if same else load_published(published_dir)
+        lines += _study_section(study, made, published) + [""]
     zoo = load_json(out_dir, model_zoo_section.JSON_NAME)
     if zoo:
         lines += model_zoo_section.section(zoo) + [""]

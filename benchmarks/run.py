@@ -4,9 +4,9 @@
                              [--out benchmarks/results] [--data-dir DIR] [--skip study ...]
 
 Quick mode (the README's `make bench`) fits a few minutes on 2 CPU cores: the headline
-microbenchmark rows, a short training comparison on a few thousand images, and a one-epoch slice
-of the study. Without Fashion-MNIST the microbenchmarks and the synthetic training rows still run,
-and the report says what was skipped and how to install the data.
+microbenchmark rows, a short training comparison on a few thousand images, and the study's
+quick mode (3 seeds per cell). Without Fashion-MNIST the microbenchmarks and the synthetic
+training rows still run, and the report says what was skipped and how to install the data.
 """
 import argparse
 import os

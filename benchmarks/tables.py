@@ -1,11 +1,11 @@
 """Markdown tables of the stages' results: microbenchmark, training benchmark, training study (no
 plotting here: this runs without matplotlib)."""
-import math
 from collections import OrderedDict
 from typing import List
 
-from .common.markdown import MiB, fmt, markdown_table, median
+from .common.markdown import MiB, fmt, markdown_table
 from .study_axes_report import axes_tables
+from .study_report import grid_tables
 
 
 def _case_label(case: dict) -> str:
@@ -93,75 +93,11 @@ def train_table(result: dict) -> str:
     return markdown_table(header, rows, "llrrrrrrl")
 
 
-# The study's norms as its tables and figures name them (the axes name theirs in
-# study_axes_report.AXIS_NORM_LABELS).
-STUDY_NORM_LABELS = {"none": "no BN", "fused": "BN (fused)", "torch": "BN (torch)"}
-
-
-def group_runs(runs: List[dict]):
-    """{(model, activation, init): {norm: [runs over seeds]}}, in first-seen order."""
-    groups = OrderedDict()
-    for run in runs:
-        key = (run["model"], run["activation"], run["init"])
-        groups.setdefault(key, OrderedDict()).setdefault(run["norm"], []).append(run)
-    return groups
-
-
-def _steps_cell(runs: List[dict]) -> str:
-    reached = [r["steps_to_target"] for r in runs if r["steps_to_target"] is not None]
-    if not reached:
-        return "never" + (" (NaN)" if any(r["diverged"] for r in runs) else "")
-    text = fmt(median(reached))
-    return text if len(reached) == len(runs) else f"{text} ({len(reached)}/{len(runs)})"
-
-
-def _epochs_cell(runs: List[dict]) -> str:
-    epochs = min(len(r["epoch_accuracy"]) for r in runs)
-    if any(r["diverged"] for r in runs):
-        return "diverged (NaN loss)"
-    means = [sum(r["epoch_accuracy"][e] for r in runs) / len(runs) for e in range(epochs)]
-    return ", ".join(f"{100 * m:.1f}" for m in means)
-
-
-def _grad_ratio_cell(runs: List[dict]) -> str:
-    """Second weight layer's gradient norm over the last hidden layer's (median over seeds; the
-    first layer is skipped, its fan-in differs): far below 1 is a vanishing gradient, far above
-    an exploding one."""
-    ratios = []
-    for run in runs:
-        norms = [g["grad_norm"] for g in run["grad_norms"]]
-        if len(norms) >= 4 and norms[-2] > 0 and math.isfinite(norms[1]):
-            ratios.append(norms[1] / norms[-2])
-    return fmt(median(ratios), 2) if ratios else "—"
-
-
 def study_tables(result: dict) -> str:
-    """Steps-to-target (Ioffe & Szegedy's table), accuracy per epoch, and the gradient ratio, one
-    table per model."""
-    groups = group_runs(result["runs"])
-    out = []
-    for model in OrderedDict.fromkeys(k[0] for k in groups):
-        norms = list(OrderedDict.fromkeys(r["norm"] for r in result["runs"] if r["model"] == model))
-        target = next(r["target"] for r in result["runs"] if r["model"] == model)
-        header = ["activation", "init"]
-        for norm in norms:
-            label = STUDY_NORM_LABELS.get(norm, norm)
-            header += [f"{label}: steps to {100 * target:.0f}%", f"{label}: test acc % per epoch",
-                       f"{label}: grad norm layer 2 / layer L"]
-        rows = []
-        for (kind, activation, init), by_norm in groups.items():
-            if kind != model:
-                continue
-            row = [activation, init]
-            for norm in norms:
-                runs = by_norm.get(norm)
-                row += ([_steps_cell(runs), _epochs_cell(runs), _grad_ratio_cell(runs)]
-                        if runs else ["—"] * 3)
-            rows.append(row)
-        seeds = sorted({r["seed"] for r in result["runs"] if r["model"] == model})
-        out.append(f"**{model.upper()}** (seeds {', '.join(map(str, seeds))}; steps of batch "
-                   f"{result['batch_size']}, median over seeds, (k/n) when only k reached it)\n\n"
-                   + markdown_table(header, rows, "ll" + "rrr" * len(norms)))
-    if result.get("axes"):
-        out.append(axes_tables(result["axes"]))
+    """The study's tables: the batch-size and learning-rate axes (the headline), then the init x
+    activation x BatchNorm grid, one table per model (benchmarks/study_axes_report.py and
+    benchmarks/study_report.py make them)."""
+    out = [axes_tables(result["axes"])] if result.get("axes") else []
+    if result["runs"]:
+        out.append(grid_tables(result))
     return "\n\n".join(out)
