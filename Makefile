@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
+.PHONY: venv build test check-imports test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -20,6 +20,12 @@ build: venv
 
 test: build
 	$(PY) -m pytest -q tests
+
+# No import cycles inside pyfusedbn and benchmarks (imports inside functions count too); plain
+# python, no venv needed. PACKAGES=benchmarks checks one.
+PACKAGES ?= pyfusedbn benchmarks
+check-imports:
+	$(PYTHON) tools/check_import_cycles.py $(PACKAGES)
 
 # The bad-input and edge-case tests (and the fuzzer's CI budget), and the GroupNorm ops (their
 # per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), on a build with AddressSanitizer
@@ -46,7 +52,7 @@ test-huge: venv
 
 # Real torchvision and timm models (tests/test_zoo*.py, tests/test_timm.py; benchmarks.model_zoo).
 # PyPI's torchvision wheel is built against CUDA torch, so with the CPU torch its compiled ops do
-# not load; its Python parts, all that the models and timm use, do (benchmarks/zoo_models.py
+# not load; its Python parts, all that the models and timm use, do (pyfusedbn/testing/zoo.py
 # declares the op schemas its import needs). --no-deps: its pin would pull the CUDA torch.
 TORCHVISION_VERSION ?= 0.28.0
 TIMM_VERSION ?= 1.0.31

@@ -4,8 +4,8 @@ and float16 (issue 11: the 16-bit kernels should gain at least what float32 gain
 
     python -m benchmarks.cpu_dtypes [--threads 2] [--batch 8] [--repeats 15] [--dtypes ...] [--out DIR]
 
-Both contenders are timed round-robin in one process (benchmarks.timing), same input every step,
-median of the repeats; the table and benchmarks/results/cpu_dtypes.json hold the same numbers.
+Both contenders are timed round-robin in one process (benchmarks/common/timing.py), same input
+every step, median of the repeats; the table and benchmarks/results/cpu_dtypes.json hold the same numbers.
 """
 import argparse
 import math
@@ -17,8 +17,8 @@ import pyfusedbn
 
 from .cases import BATCH, resnet50_bn_shapes
 from .microbench import EagerBatchNormAct
-from .results import save_json
-from .timing import time_contenders
+from .common.results import save_json
+from .common.timing import time_contenders
 
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -29,12 +29,13 @@ import torch.nn.functional as F
 
 import pyfusedbn
 from pyfusedbn.activations import resolve_activation
-from pyfusedbn.memory_efficient import SavedTensors, check_memory_efficient
+from pyfusedbn.memory_efficient import check_memory_efficient
+from pyfusedbn.testing import SavedTensors
 
+from .common.markdown import MiB
+from .common.results import save_json
 from .resnet import resnet50
-from .results import save_json
 
-MiB = 2 ** 20
 # (batch, image size) of the ResNet-50 rows, and the stack's (batch, channels, size, layers).
 FULL = {"resnet": (128, 224), "stack": (64, 64, 56, 12), "warmup": 5, "steps": 20}
 QUICK_CPU = {"resnet": (4, 32), "stack": (4, 8, 8, 3), "warmup": 1, "steps": 3}

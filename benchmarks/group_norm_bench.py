@@ -7,7 +7,7 @@ of the eager pair, on diffusion-UNet shapes, fp32/bf16, NCHW/NHWC, forward + bac
 Bytes moved are the fused algorithm's compulsory traffic, the same for every contender: forward
 reads x twice (statistics, normalise) and writes y; backward reads dy and x twice (reduce, then
 elementwise) and writes dx: 8 tensor-sized passes. GB/s is compared with the device's measured
-copy bandwidth (benchmarks/timing.py). Quick mode uses batch 2 instead of 8 (a few seconds per
+copy bandwidth (benchmarks/common/timing.py). Quick mode uses batch 2 instead of 8 (a few seconds per
 case on a small CPU); --full the UNet batch of 8.
 """
 import argparse
@@ -18,8 +18,9 @@ import torch.nn as nn
 
 import pyfusedbn
 
-from .microbench import resolve_device
-from .timing import copy_bandwidth, time_contenders
+from .common.cli import add_common_args, resolve_device
+from .common.results import save_json
+from .common.timing import copy_bandwidth, time_contenders
 
 UNET_SHAPES = ((8, 320, 64, 64), (8, 640, 32, 32), (8, 1280, 16, 16))
 GROUPS = 32
@@ -112,17 +113,10 @@ def table(result) -> str:
 
 
 def main(argv=None):
-    from .results import save_json
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True)
-    mode.add_argument("--full", dest="quick", action="store_false")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda if present)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
+    add_common_args(parser, progress=False)
     parser.add_argument("--compile", default="headline", choices=("none", "headline", "all"))
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results", help="results folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     result = run(args.quick, resolve_device(args.device), args.compile, args.repeats)

@@ -16,45 +16,18 @@ threads (1 by default: the host cost of dispatch, not the kernels' parallel spee
 table on stdout and <out>/host_overhead.json.
 """
 import argparse
-import collections
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import torch
 import torch.nn as nn
-from torch.profiler import ProfilerActivity, profile
 
-import pyfusedbn
+from pyfusedbn.testing import LAYER_SHAPE, count_ops, layer_steps
 
+from .common.results import save_json
+from .common.timing import time_contenders
 from .models import ConvNet
-from .results import save_json
-from .timing import time_contenders
 
-OP_PREFIXES = ("aten::", "pyfusedbn::")
-LAYER_SHAPE = (8, 16, 4, 4)
 MODEL_INPUT = (4, 1, 16, 16)
-
-
-def count_ops(fn: Callable[[], object], warmup: int = 2) -> Tuple[int, Dict[str, int]]:
-    """(total, {op name: count}) of the ops one call of fn dispatches, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    counts = collections.Counter({e.key: e.count for e in prof.key_averages()
-                                  if e.key.startswith(OP_PREFIXES)})
-    return sum(counts.values()), dict(counts.most_common())
-
-
-def layer_steps(seed: int = 0) -> Dict[str, Callable[[], None]]:
-    """One training forward+backward of the layer, fused and eager, on the same fresh input."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(LAYER_SHAPE, generator=generator, requires_grad=True)
-    grad = torch.randn(LAYER_SHAPE, generator=generator)
-    channels = LAYER_SHAPE[1]
-    fused = pyfusedbn.BatchNormAct2d(channels, activation="relu")
-    eager = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU())
-    return {"fused": lambda: fused(x).backward(grad),
-            "eager": lambda: eager(x).backward(grad)}
 
 
 def model_steps(seed: int = 0) -> Dict[str, Callable[[], None]]:

@@ -19,10 +19,8 @@ A "torch" row (nn.BatchNorm2d + nn.LeakyReLU) gives the unfused baseline. Result
 stdout and JSON in <out>/memory.json.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 
@@ -31,27 +29,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import pyfusedbn
-from pyfusedbn.memory_efficient import SavedTensors
+from pyfusedbn.testing import SavedTensors
+
+from .common.markdown import MiB
+from .common.results import save_json
+from .models import TorchBatchNormAct2d
 
 MODES = ("torch", "normal", "memory_efficient", "inplace")
-MiB = 2 ** 20
-
-
-class TorchBatchNormAct(nn.Module):
-    """The unfused baseline, same call signature as BatchNormAct2d."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.bn = nn.BatchNorm2d(channels)
-
-    def forward(self, x, residual=None):
-        z = self.bn(x)
-        return F.leaky_relu(z + residual if residual is not None else z)
 
 
 def norm_layer(mode, channels):
-    if mode == "torch":
-        return TorchBatchNormAct(channels)
+    if mode == "torch":  # the unfused baseline, same call signature as BatchNormAct2d
+        return TorchBatchNormAct2d(channels, "leaky_relu")
     return pyfusedbn.BatchNormAct2d(channels, activation="leaky_relu",
                                     memory_efficient=mode != "normal", inplace=mode == "inplace")
 
@@ -246,18 +235,7 @@ def main(argv=None):
     print(f"Training step of a {2 * args.blocks + 1}-layer ResNet-style CNN, batch {args.batch}, "
           f"{args.channels} channels, {args.size}x{args.size}, leaky_relu, {args.device}")
     print(table(rows, args))
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "memory.json")
-    with open(path, "w") as f:
-        json.dump({"config": config, "rows": rows, "command": " ".join(
-            ["python", "-m", "benchmarks.memory"] + (argv if argv is not None else sys.argv[1:])),
-            "machine": {"date": datetime.datetime.now().isoformat(timespec="seconds"),
-                        "python": platform.python_version(), "torch": torch.__version__,
-                        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
-                        "cuda_device": torch.cuda.get_device_name() if args.device == "cuda"
-                        else None}},
-                  f, indent=1)
-    print(f"wrote {path}")
+    print(f"wrote {save_json(args.out, 'memory.json', {'config': config, 'rows': rows})}")
 
 
 if __name__ == "__main__":

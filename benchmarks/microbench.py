@@ -18,8 +18,11 @@ import torch.nn as nn
 import pyfusedbn
 from pyfusedbn.activations import torch_activation
 
-from . import cases as cases_mod
-from .timing import copy_bandwidth, time_contenders
+from . import cases as cases_mod, tables
+from .common.cli import add_common_args, resolve_device
+from .common.progress import progress_bar
+from .common.results import save_json
+from .common.timing import copy_bandwidth, time_contenders
 
 CONTENDERS = ("fused", "eager", "compiled")
 COMPILE_POLICIES = ("none", "headline", "relu-fp32", "all")
@@ -145,8 +148,6 @@ def run_case(case: cases_mod.Case, device: torch.device, compile_policy: str, co
 
 def run(case_list, device: torch.device, compile_policy: str = "headline", repeats: int = 15,
         max_case_s: float = 5.0, progress: bool = True) -> Dict:
-    from .progress import progress_bar
-
     bandwidth = copy_bandwidth(device)
     rows = []
     for case in progress_bar(case_list, desc="microbench", enabled=progress):
@@ -160,41 +161,7 @@ def select_cases(quick: bool, device: str, limit: Optional[int] = None):
     return chosen[:limit] if limit else chosen
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="quick", action="store_true", default=True)
-    mode.add_argument("--full", dest="quick", action="store_false")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda if present)")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--out", default="benchmarks/results", help="results folder")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-def stage_main(argv, description, add_args, run, json_name, table):
-    """The command line of a benchmark stage (train, study): common and own arguments, run,
-    results to `json_name` under --out, the table printed."""
-    from .results import save_json
-
-    parser = argparse.ArgumentParser(description=description)
-    add_common_args(parser)
-    add_args(parser)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    result = run(args, resolve_device(args.device))
-    save_json(args.out, json_name, result)
-    print(table(result))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def main(argv=None) -> None:
-    from . import tables
-    from .results import save_json
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser)
     parser.add_argument("--compile", default=None, choices=COMPILE_POLICIES,

@@ -17,17 +17,20 @@ import time
 import torch
 
 import pyfusedbn
-from pyfusedbn.modules import _BatchNormAct
+from pyfusedbn.testing import zoo
 
-from . import zoo_models
-from .results import save_json
+from .common.markdown import MiB
+from .common.results import save_json
 
 JSON_NAME = "model_zoo.json"
+# Every class a BatchNorm becomes when convert fuses it.
+FUSED_BATCH_NORMS = (pyfusedbn.BatchNormAct1d, pyfusedbn.BatchNormAct2d, pyfusedbn.BatchNormAct3d,
+                     pyfusedbn.SyncBatchNormAct)
 
 
 def _seeded_build(libraries, library, name, seed=0):
     torch.manual_seed(seed)
-    return zoo_models.build(libraries, library, name)
+    return zoo.build(libraries, library, name)
 
 
 def _input(batch, size, dtype=torch.float32, device="cpu", seed=2):
@@ -37,8 +40,8 @@ def _input(batch, size, dtype=torch.float32, device="cpu", seed=2):
 
 def conversion_summary(original, converted):
     report = converted.pyfusedbn_report
-    fused = sum(isinstance(m, _BatchNormAct) for m in converted.modules())
-    return {"fused": fused, "total": zoo_models.count_batch_norms(original),
+    fused = sum(isinstance(m, FUSED_BATCH_NORMS) for m in converted.modules())
+    return {"fused": fused, "total": zoo.count_batch_norms(original),
             "left": [list(item) for item in report.skipped], "method": report.method}
 
 
@@ -47,12 +50,12 @@ def exactness(original, converted, batch, size):
     forward, converted vs original."""
     x = _input(batch, size)
     with torch.no_grad():
-        eval_diff = zoo_models.largest_difference(
+        eval_diff = zoo.largest_difference(
             {"output": copy.deepcopy(converted).eval()(x)},
             {"output": copy.deepcopy(original).eval()(x)})
-    a = zoo_models.train_step(copy.deepcopy(converted).double().train(), x.double())
-    e = zoo_models.train_step(copy.deepcopy(original).double().train(), x.double())
-    return {"train_float64": zoo_models.largest_difference(a, e), "eval_float32": eval_diff}
+    a = zoo.train_step(copy.deepcopy(converted).double().train(), x.double())
+    e = zoo.train_step(copy.deepcopy(original).double().train(), x.double())
+    return {"train_float64": zoo.largest_difference(a, e), "eval_float32": eval_diff}
 
 
 def _step_seconds(model, x):
@@ -101,7 +104,7 @@ def _gpu_train(model, batch, size, steps, compile_model):
         step()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    return batch * steps / seconds, torch.cuda.max_memory_allocated() / 2**20
+    return batch * steps / seconds, torch.cuda.max_memory_allocated() / MiB
 
 
 def gpu_comparison(original, converted, batch, size, steps, compile_too):
@@ -170,7 +173,7 @@ def section(zoo):
 def _selected(spec, libraries):
     wanted = None if spec == "all" else set(spec.split(","))
     chosen = []
-    for library, name in zoo_models.ZOO:
+    for library, name in zoo.ZOO:
         if wanted is not None and name not in wanted and f"{library}/{name}" not in wanted:
             continue
         if isinstance(libraries[library], str):
@@ -194,7 +197,7 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    libraries = zoo_models.import_libraries()
+    libraries = zoo.import_libraries()
     if all(isinstance(v, str) for v in libraries.values()):
         print(f"model_zoo: skipped: {libraries['torchvision']}; {libraries['timm']}")
         return None

@@ -1,35 +1,18 @@
-"""PNG plots of the results (matplotlib, imported only here and only when called)."""
+"""PNG plots of the results (matplotlib imported only when a plot is drawn: common/figures.py)."""
 import math
 import os
 from collections import OrderedDict
 from typing import List
 
-from .tables import NORM_LABELS, group_runs
-
-COLORS = {"fused": "tab:blue", "torch": "tab:orange", "none": "tab:red", "compiled": "tab:green",
-          "fp64": "black"}
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
-    return path
+from .common.figures import COLORS, pyplot, save_figure
+from .study_axes_report import batch_axis_plot
+from .tables import STUDY_NORM_LABELS, group_runs
 
 
 def speedup_chart(microbench: dict, path: str) -> str:
     """Speed-up over eager of fused and compiled, one bar pair per case (headline cases, and in a
     full run the float32 ReLU rows of every shape)."""
-    plt = _pyplot()
+    plt = pyplot()
     cases = OrderedDict()
     for row in microbench["rows"]:
         case = row["case"]
@@ -50,12 +33,12 @@ def speedup_chart(microbench: dict, path: str) -> str:
     ax.set_title(f"Microbenchmark, {microbench['device']}, {microbench['threads']} threads, "
                  "float32 ReLU")
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def train_curves(train: dict, path: str) -> str:
     """Training loss of both models per step, and their difference (log scale)."""
-    plt = _pyplot()
+    plt = pyplot()
     comparison = train["fashion_mnist"]
     fig, (ax, diff_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for norm, stats in comparison["norms"].items():
@@ -74,7 +57,7 @@ def train_curves(train: dict, path: str) -> str:
     diff_ax.set_ylabel("|loss difference|")
     diff_ax.set_title("float32 rounding differences, amplified by training")
     diff_ax.legend()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _grid(runs: List[dict]):
@@ -91,13 +74,13 @@ def _finish_grid(fig, axes, xlabel: str, ylabel: str, title: str, path: str) -> 
         row[0].set_ylabel(ylabel)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def study_curves(study: dict, model: str, path: str) -> str:
     """Test accuracy vs step, one panel per (activation, init), one line per norm (mean over
     seeds)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups, activations, inits = _grid([r for r in study["runs"] if r["model"] == model])
     fig, axes = plt.subplots(len(activations), len(inits), squeeze=False, sharex=True,
                              sharey=True, figsize=(3 * len(inits), 2.4 * len(activations)))
@@ -108,7 +91,8 @@ def study_curves(study: dict, model: str, path: str) -> str:
             steps = [runs[0]["evals"][i]["step"] for i in range(length)]
             accuracy = [sum(r["evals"][i]["test_accuracy"] for r in runs) / len(runs)
                         for i in range(length)]
-            ax.plot(steps, accuracy, color=COLORS.get(norm), label=NORM_LABELS.get(norm, norm))
+            ax.plot(steps, accuracy, color=COLORS.get(norm),
+                    label=STUDY_NORM_LABELS.get(norm, norm))
         ax.axhline(runs[0]["target"], color="gray", linestyle=":", linewidth=1)
         ax.set_title(f"{activation}, {init}", fontsize=9)
         ax.set_ylim(0, 1)
@@ -119,7 +103,7 @@ def study_curves(study: dict, model: str, path: str) -> str:
 def grad_norm_bars(study: dict, model: str, path: str) -> str:
     """Per-layer weight-gradient norm on the first batch (log scale), one panel per (activation,
     init), bars per norm: vanishing gradients show as bars shrinking toward the input."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     groups, activations, inits = _grid([r for r in study["runs"] if r["model"] == model])
@@ -132,7 +116,7 @@ def grad_norm_bars(study: dict, model: str, path: str) -> str:
             norms = [g["grad_norm"] for g in runs[0]["grad_norms"]]  # first seed
             norms = [n if math.isfinite(n) and n > 0 else float("nan") for n in norms]
             ax.bar([i + index * width for i in range(len(norms))], norms, width=width,
-                   color=COLORS.get(norm), label=NORM_LABELS.get(norm, norm))
+                   color=COLORS.get(norm), label=STUDY_NORM_LABELS.get(norm, norm))
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"{activation}, {init}", fontsize=9)
@@ -148,8 +132,6 @@ def all_plots(out_dir: str, microbench=None, train=None, study=None) -> dict:
     if train and train.get("fashion_mnist"):
         made["train_curves"] = train_curves(train, os.path.join(out_dir, "train_loss.png"))
     if study and study.get("axes"):
-        from .study_axes_report import batch_axis_plot
-
         made["study_batch_axis"] = batch_axis_plot(
             study["axes"], os.path.join(out_dir, "study_batch_axis_accuracy.png"))
     if study:

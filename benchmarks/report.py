@@ -8,7 +8,9 @@ import os
 from typing import Dict, List, Optional
 
 from . import model_zoo as model_zoo_section, tables
-from .results import load_json
+from .common.results import load_json
+from .plots import all_plots
+from .study_axes_report import axes_paragraph
 
 REPORT_NAME = "REPORT.md"
 
@@ -113,8 +115,6 @@ def _study_section(study: dict, plots: Dict[str, str]) -> List[str]:
         lines.append(_image(plots, f"study_{model}", f"{model} test accuracy"))
         lines.append(_image(plots, f"grad_{model}", f"{model} gradient norms per layer"))
     if study.get("axes"):
-        from .study_axes_report import axes_paragraph
-
         lines += ["", "### Batch size and learning rate", "", axes_paragraph(study["axes"]), "",
                   _image(plots, "study_batch_axis", "test accuracy vs batch size, one line per norm")]
     return lines
@@ -129,9 +129,7 @@ def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = No
     run_info = run_info or load_json(out_dir, "run.json") or {}
     made, plot_note = {}, None
     if plots:
-        try:
-            from .plots import all_plots
-
+        try:  # matplotlib is imported when the first figure is drawn
             made = all_plots(out_dir, microbench, train, study)
         except ImportError as e:
             plot_note = f"Plots skipped: {e} (`make bench-deps` installs matplotlib)."
@@ -166,7 +164,7 @@ def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = No
     lines += ["## Reproduce", "",
               "`make bench` (quick) or `make bench-full`; each part alone: `python -m "
               "benchmarks.microbench|train|study --quick|--full`, then `python -m "
-              "benchmarks.report`. Between commits: `pytest benchmarks/test_microbench.py "
+              "benchmarks.report`. Between commits: `pytest tests/test_microbench.py "
               "--benchmark-autosave`, then `--benchmark-compare`.", ""]
     path = os.path.join(out_dir, REPORT_NAME)
     os.makedirs(out_dir, exist_ok=True)

@@ -15,33 +15,23 @@ import time
 import torch
 
 from . import microbench, report, study, tables, train
-from .data import DataMissingError
-from .results import command_line, save_json
+from .common.cli import add_common_args, resolve_device, stage_args
+from .common.results import command_line, save_json
+from .data import DEFAULT_DATA_DIR, DataMissingError
 
 STAGES = ("microbench", "train", "study")
 STAGE_FILES = {"microbench": "microbench.json", "train": "train.json", "study": "study.json"}
 
 
-def stage_args(add_args, base: argparse.Namespace) -> argparse.Namespace:
-    """A stage's own defaults, with the run's shared options laid over them."""
-    parser = argparse.ArgumentParser()
-    microbench.add_common_args(parser)
-    add_args(parser)
-    args = parser.parse_args([])
-    for key in ("quick", "device", "threads", "out", "progress", "data_dir"):
-        setattr(args, key, getattr(base, key))
-    return args
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    microbench.add_common_args(parser)
-    parser.add_argument("--data-dir", default=study.DEFAULT_DATA_DIR)
+    add_common_args(parser)
+    parser.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--compile", default=None, choices=microbench.COMPILE_POLICIES)
     parser.add_argument("--skip", nargs="+", default=[], choices=STAGES)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = microbench.resolve_device(args.device)
+    device = resolve_device(args.device)
     start, stage_s, skipped = time.perf_counter(), {}, {}
     for stage in STAGES:  # no stale results from an earlier run in this report
         path = os.path.join(args.out, STAGE_FILES[stage])

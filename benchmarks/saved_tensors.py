@@ -19,8 +19,6 @@ and lists the converted model's exclusive tensors that eager does not save. JSON
 import argparse
 import collections
 import copy
-import json
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List
 
@@ -30,10 +28,10 @@ import torch.nn.functional as F
 
 import pyfusedbn
 
+from .common.markdown import MiB
+from .common.results import save_json
 from .models import ConvNet
 from .resnet import resnet50
-
-MiB = 2 ** 20
 
 
 @dataclass
@@ -279,10 +277,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     report = run(args.model, args.width, args.batch, args.size, not args.no_residual)
     print_report(report, args.list)
-    os.makedirs(args.out, exist_ok=True)
     suffix = "" if not args.no_residual else "_no_residual"
-    with open(os.path.join(args.out, f"saved_tensors_{args.model}{suffix}.json"), "w") as f:
-        json.dump(report, f, indent=1, default=str)
+    save_json(args.out, f"saved_tensors_{args.model}{suffix}.json", report)
     return report
 
 

@@ -14,22 +14,19 @@ with the training set's own mean and std (computed, about 0.2860 / 0.3530).
 import argparse
 import dataclasses
 import itertools
-import math
-import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
-import torch
-
+from . import study_axes, tables
+from .common.cli import stage_main
+from .common.progress import progress_bar
+from .common.results import json_config
 from .data import DEFAULT_DATA_DIR, load_fashion_mnist
-from .models import INITS, ConvNet, DeepMLP, init_weights
-from .trainer import batches, evaluate, layer_grad_norms, seed_everything, train_step
+from .models import INITS
+# build_model: the study's models, for its callers (tests build them); run_one trains one cell.
+from .study_cell import BATCH_SIZE, CNN, LR, MLP, MODELS, build_model, run_one  # noqa: F401
 
-MODELS = ("mlp", "cnn")
-ACTIVATIONS = ("sigmoid", "tanh", "relu")
+STUDY_ACTIVATIONS = ("sigmoid", "tanh", "relu")
 STUDY_NORMS = ("none", "fused")
-MLP = {"depth": 11, "width": 100}
-CNN = {"widths": (16, 32, 32), "blocks": 2}  # 1 + 3 * 2 * 2 = 13 conv layers, no skips
-LR, BATCH_SIZE = 1e-3, 64
 
 # Quick: the whole MLP grid and a CNN slice, one seed, one epoch of 12,800 images (200 steps).
 QUICK = {"models": ("mlp", "cnn"), "seeds": (0,), "epochs": 1, "train_images": 12800,
@@ -37,68 +34,6 @@ QUICK = {"models": ("mlp", "cnn"), "seeds": (0,), "epochs": 1, "train_images": 1
          "cnn": {"inits": ("normal", "default", "kaiming"), "activations": ("relu",)}}
 FULL = {"models": MODELS, "seeds": (0, 1, 2), "epochs": 5, "train_images": None,
         "eval_images": 10000, "eval_every": 100, "target": 0.85, "cnn": {}}
-
-
-def build_model(kind: str, norm: str, activation: str, init: str, seed: int):
-    seed_everything(seed)
-    if kind == "mlp":
-        model = DeepMLP(norm, activation, MLP["depth"], MLP["width"])
-    elif kind == "cnn":
-        model = ConvNet(norm, activation, CNN["widths"], CNN["blocks"], residual=False)
-    else:
-        raise ValueError(f"model must be one of {', '.join(MODELS)}; got {kind!r}")
-    return init_weights(model, init)
-
-
-def run_one(kind: str, init: str, norm: str, activation: str, seed: int, data, device,
-            epochs: int, eval_images: int, eval_every: int, target: float,
-            clip_grad_norm: Optional[float] = None, batch_size: int = BATCH_SIZE,
-            make_optimizer=None) -> Dict:
-    """One configuration: trains, evaluating every eval_every steps on the first eval_images
-    test images; stops early if the loss becomes NaN or infinite. make_optimizer(parameters)
-    replaces the default Adam(lr=LR) (the study's batch-size and learning-rate axes use SGD)."""
-    model = build_model(kind, norm, activation, init, seed).to(device)
-    optimizer = (make_optimizer or (lambda params: torch.optim.Adam(params, lr=LR)))(model.parameters())
-    test_x, test_y = data.test_x[:eval_images], data.test_y[:eval_images]
-    first_x, first_y = next(batches(data.train_x, data.train_y, batch_size, seed))
-    run = {"model": kind, "init": init, "norm": norm, "activation": activation, "seed": seed,
-           "clip_grad_norm": clip_grad_norm, "target": target,
-           "grad_norms": layer_grad_norms(model, first_x.to(device), first_y.to(device)),
-           "evals": [], "epoch_accuracy": [], "diverged": False, "steps_to_target": None}
-    start, step, window = time.perf_counter(), 0, []
-
-    def record(epoch_end: bool):
-        metrics = evaluate(model, test_x, test_y, device)
-        train_loss = sum(window) / len(window) if window else None
-        run["evals"].append({"step": step, "test_accuracy": metrics["accuracy"],
-                             "test_loss": metrics["loss"], "train_loss": train_loss})
-        window.clear()
-        if run["steps_to_target"] is None and metrics["accuracy"] >= target:
-            run["steps_to_target"] = step
-        if epoch_end:
-            run["epoch_accuracy"].append(metrics["accuracy"])
-
-    record(False)
-    for epoch in range(epochs):
-        for xb, yb in batches(data.train_x, data.train_y, batch_size, seed + 1000 * epoch):
-            loss = train_step(model, optimizer, xb.to(device), yb.to(device), clip_grad_norm)
-            step += 1
-            window.append(loss.item())
-            if not math.isfinite(window[-1]):
-                run["diverged"] = True
-                break
-            if step % eval_every == 0:
-                record(False)
-        if run["diverged"]:
-            break
-        if not run["evals"] or run["evals"][-1]["step"] != step:
-            record(True)
-        else:
-            run["epoch_accuracy"].append(run["evals"][-1]["test_accuracy"])
-    run["steps"] = step
-    run["final_accuracy"] = run["evals"][-1]["test_accuracy"]
-    run["seconds"] = time.perf_counter() - start
-    return run
 
 
 def grid(config: Dict, inits, norms, activations) -> List[tuple]:
@@ -114,9 +49,7 @@ def grid(config: Dict, inits, norms, activations) -> List[tuple]:
 
 
 def run_study(data, device, config: Dict, inits=INITS, norms=STUDY_NORMS,
-              activations=ACTIVATIONS, clip_grad_norm=None, progress=True) -> Dict:
-    from .progress import progress_bar
-
+              activations=STUDY_ACTIVATIONS, clip_grad_norm=None, progress=True) -> Dict:
     runs = []
     cells = grid(config, inits, norms, activations)
     for kind, init, norm, activation, seed in progress_bar(cells, desc="study", enabled=progress):
@@ -124,8 +57,7 @@ def run_study(data, device, config: Dict, inits=INITS, norms=STUDY_NORMS,
                             config["eval_images"], config["eval_every"], config["target"],
                             clip_grad_norm))
     return {"runs": runs, "lr": LR, "batch_size": BATCH_SIZE, "mlp": MLP,
-            "cnn": {k: list(v) if isinstance(v, tuple) else v for k, v in CNN.items()},
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+            "cnn": json_config(CNN), "config": json_config(config),
             "data": {"dir": data.data_dir, "mean": data.mean, "std": data.std,
                      "train_images": data.train_x.shape[0], "eval_images": config["eval_images"]},
             "device": device.type}
@@ -145,7 +77,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inits", nargs="+", choices=INITS, default=INITS)
     parser.add_argument("--norms", nargs="+", choices=("none", "fused", "torch"),
                         default=STUDY_NORMS)
-    parser.add_argument("--activations", nargs="+", default=ACTIVATIONS)
+    parser.add_argument("--activations", nargs="+", default=STUDY_ACTIVATIONS)
     parser.add_argument("--seeds", nargs="+", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-images", type=int)
@@ -162,8 +94,6 @@ def run(args, device) -> Dict:
     result = run_study(data, device, config, args.inits, args.norms, args.activations,
                        args.clip_grad_norm, args.progress)
     if getattr(args, "axes", True):
-        from . import study_axes
-
         axes_config = dict(study_axes.QUICK if args.quick else study_axes.FULL)
         count = axes_config["train_images"]
         axes_data = load_fashion_mnist(args.data_dir, count, axes_config["eval_images"]) \
@@ -174,9 +104,6 @@ def run(args, device) -> Dict:
 
 
 def main(argv=None) -> None:
-    from . import tables
-    from .microbench import stage_main
-
     stage_main(argv, __doc__.split("\n")[0], add_args, run, "study.json", tables.study_tables)
 
 

@@ -14,7 +14,9 @@ from typing import Dict
 
 import torch
 
-from .study import run_one
+from .common.progress import progress_bar
+from .common.results import json_config
+from .study_cell import run_one
 
 BATCH_SIZES = (2, 4, 16, 64)
 BATCH_NORMS = ("fused", "group_norm", "layer_norm", "none")
@@ -22,8 +24,6 @@ LR_NORMS = ("fused", "none")
 LR_MULTIPLIERS = (1, 5, 30)
 # SGD rate at batch 64; the batch axis scales it by batch / 64.
 BASE_LR, BASE_BATCH, MOMENTUM = 0.01, 64, 0.9
-NORM_LABELS = {"fused": "BatchNorm", "group_norm": "GroupNorm", "layer_norm": "LayerNorm",
-               "none": "no norm"}
 
 # Quick: a few thousand images per cell (the README's `make bench` minutes); full: one epoch.
 QUICK = {"train_images": 2048, "eval_images": 1000, "evals_per_run": 4, "target": 0.65, "seeds": (0,)}
@@ -46,15 +46,12 @@ def _cell(norm, batch_size, lr, seed, data, device, config) -> Dict:
 
 def run_axes(data, device, config: Dict, progress: bool = True) -> Dict:
     """Both axes; data holds the images every cell sees (config['train_images'] of them)."""
-    from .progress import progress_bar
-
     cells = [("batch", norm, batch, BASE_LR * batch / BASE_BATCH, seed)
              for norm in BATCH_NORMS for batch in BATCH_SIZES for seed in config["seeds"]]
     cells += [("lr", norm, BASE_BATCH, BASE_LR * mult, seed)
               for norm in LR_NORMS for mult in LR_MULTIPLIERS for seed in config["seeds"]]
     result = {"batch_axis": [], "lr_axis": [], "base_lr": BASE_LR, "base_batch": BASE_BATCH,
-              "momentum": MOMENTUM, "config": {k: list(v) if isinstance(v, tuple) else v
-                                               for k, v in config.items()}}
+              "momentum": MOMENTUM, "config": json_config(config)}
     for axis, norm, batch, lr, seed in progress_bar(cells, desc="study axes", enabled=progress):
         run = _cell(norm, batch, lr, seed, data, device, config)
         if axis == "lr":

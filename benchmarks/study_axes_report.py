@@ -3,11 +3,12 @@
 from collections import OrderedDict
 from typing import List
 
-from .study_axes import NORM_LABELS
-from .tables import fmt, markdown_table
+from .common.figures import COLORS, pyplot, save_figure
+from .common.markdown import fmt, markdown_table
 
-AXIS_COLORS = {"fused": "tab:blue", "group_norm": "tab:green", "layer_norm": "tab:purple",
-               "none": "tab:red"}
+# The axes' norms (benchmarks/study_axes.py) as their tables, figure and paragraph name them.
+AXIS_NORM_LABELS = {"fused": "BatchNorm", "group_norm": "GroupNorm", "layer_norm": "LayerNorm",
+                    "none": "no norm"}
 
 
 def _by(runs: List[dict], key: str):
@@ -39,7 +40,7 @@ def axes_tables(axes: dict) -> str:
     target = 100 * axes["config"]["target"]
     batch = _by(axes["batch_axis"], "batch_size")
     sizes = list(OrderedDict.fromkeys(r["batch_size"] for r in axes["batch_axis"]))
-    rows = [[NORM_LABELS[norm]] + [_cell(by_size[b]) if b in by_size else "—" for b in sizes]
+    rows = [[AXIS_NORM_LABELS[norm]] + [_cell(by_size[b]) if b in by_size else "—" for b in sizes]
             for norm, by_size in batch.items()]
     out = [f"**Batch-size axis** (test accuracy % / steps to {target:.0f}%; SGD lr "
            f"{axes['base_lr']} x batch / {axes['base_batch']}, momentum {axes['momentum']}, "
@@ -47,7 +48,7 @@ def axes_tables(axes: dict) -> str:
            + markdown_table(["norm"] + [f"batch {b}" for b in sizes], rows)]
     lr = _by(axes["lr_axis"], "lr_multiplier")
     mults = list(OrderedDict.fromkeys(r["lr_multiplier"] for r in axes["lr_axis"]))
-    rows = [[NORM_LABELS[norm]] + [_cell(by_mult[m]) if m in by_mult else "—" for m in mults]
+    rows = [[AXIS_NORM_LABELS[norm]] + [_cell(by_mult[m]) if m in by_mult else "—" for m in mults]
             for norm, by_mult in lr.items()]
     out.append(f"**Learning-rate axis** (test accuracy % / steps to {target:.0f}%; batch "
                f"{axes['base_batch']}, SGD momentum {axes['momentum']})\n\n"
@@ -56,20 +57,18 @@ def axes_tables(axes: dict) -> str:
 
 
 def batch_axis_plot(axes: dict, path: str) -> str:
-    from .plots import _pyplot, _save
-
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for norm, by_size in _by(axes["batch_axis"], "batch_size").items():
         sizes = [b for b in by_size if _accuracy(by_size[b]) is not None]
         ax.plot(sizes, [100 * _accuracy(by_size[b]) for b in sizes], marker="o",
-                color=AXIS_COLORS.get(norm), label=NORM_LABELS[norm])
+                color=COLORS.get(norm), label=AXIS_NORM_LABELS[norm])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (same images seen, lr scaled with batch)")
     ax.set_ylabel("test accuracy %")
     ax.set_title("Plain CNN, He init, ReLU: accuracy vs batch size")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def axes_paragraph(axes: dict) -> str:
@@ -92,7 +91,7 @@ def axes_paragraph(axes: dict) -> str:
     for norm in lr:
         cells = ", ".join(f"{m:g}x: " + ("diverged" if _accuracy(runs) is None else f"{100 * _accuracy(runs):.1f}%")
                           for m, runs in lr[norm].items())
-        text.append(f"Learning rate, {NORM_LABELS[norm]}: {cells}.")
+        text.append(f"Learning rate, {AXIS_NORM_LABELS[norm]}: {cells}.")
     text.append("What the literature leads one to expect (stated here as expectation, not as what "
                 "the numbers above show): BatchNorm's statistics come from the batch, so at tiny "
                 "batches they are noisy and eval on running averages differs from training, while "

@@ -1,30 +1,11 @@
-"""Markdown tables of the results (no plotting here: this runs without matplotlib)."""
+"""Markdown tables of the stages' results: microbenchmark, training benchmark, training study (no
+plotting here: this runs without matplotlib)."""
 import math
 from collections import OrderedDict
-from typing import List, Optional, Sequence
+from typing import List
 
-
-def markdown_table(header: Sequence[str], rows: List[Sequence], align: Optional[str] = None) -> str:
-    """align: one character per column, 'l' or 'r' (default: first column left, rest right)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    rule = ["---:" if a == "r" else ":---" for a in align]
-    lines = ["| " + " | ".join(map(str, header)) + " |", "| " + " | ".join(rule) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def fmt(value, digits: int = 3) -> str:
-    """Three significant digits, '—' for missing values."""
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        return value
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 10 ** digits:
-        return f"{value:.0f}"
-    return f"{value:.{digits}g}" if magnitude >= 1e-3 else f"{value:.2e}"
+from .common.markdown import MiB, fmt, markdown_table, median
+from .study_axes_report import axes_tables
 
 
 def _case_label(case: dict) -> str:
@@ -64,12 +45,12 @@ def microbench_table(result: dict, headline_only: bool = False) -> str:
 def copy_bandwidth_line(result: dict) -> str:
     bw = result["copy_bandwidth"]
     return (f"Measured copy bandwidth on {result['device']} ({result['threads']} threads): "
-            f"{bw['gbps']:.1f} GB/s (read + write of a {bw['bytes'] / 2 / 2**20:.0f} MiB tensor, "
+            f"{bw['gbps']:.1f} GB/s (read + write of a {bw['bytes'] / 2 / MiB:.0f} MiB tensor, "
             f"median of {bw['repeats']}).")
 
 
 def _mib(nbytes) -> str:
-    return "—" if nbytes is None else f"{nbytes / 2**20:.1f}"
+    return "—" if nbytes is None else f"{nbytes / MiB:.1f}"
 
 
 def _curve_verdict(comparison: dict) -> str:
@@ -112,7 +93,9 @@ def train_table(result: dict) -> str:
     return markdown_table(header, rows, "llrrrrrrl")
 
 
-NORM_LABELS = {"none": "no BN", "fused": "BN (fused)", "torch": "BN (torch)"}
+# The study's norms as its tables and figures name them (the axes name theirs in
+# study_axes_report.AXIS_NORM_LABELS).
+STUDY_NORM_LABELS = {"none": "no BN", "fused": "BN (fused)", "torch": "BN (torch)"}
 
 
 def group_runs(runs: List[dict]):
@@ -124,17 +107,11 @@ def group_runs(runs: List[dict]):
     return groups
 
 
-def _median(values):
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _steps_cell(runs: List[dict]) -> str:
     reached = [r["steps_to_target"] for r in runs if r["steps_to_target"] is not None]
     if not reached:
         return "never" + (" (NaN)" if any(r["diverged"] for r in runs) else "")
-    text = fmt(_median(reached))
+    text = fmt(median(reached))
     return text if len(reached) == len(runs) else f"{text} ({len(reached)}/{len(runs)})"
 
 
@@ -155,7 +132,7 @@ def _grad_ratio_cell(runs: List[dict]) -> str:
         norms = [g["grad_norm"] for g in run["grad_norms"]]
         if len(norms) >= 4 and norms[-2] > 0 and math.isfinite(norms[1]):
             ratios.append(norms[1] / norms[-2])
-    return fmt(_median(ratios), 2) if ratios else "—"
+    return fmt(median(ratios), 2) if ratios else "—"
 
 
 def study_tables(result: dict) -> str:
@@ -168,7 +145,7 @@ def study_tables(result: dict) -> str:
         target = next(r["target"] for r in result["runs"] if r["model"] == model)
         header = ["activation", "init"]
         for norm in norms:
-            label = NORM_LABELS.get(norm, norm)
+            label = STUDY_NORM_LABELS.get(norm, norm)
             header += [f"{label}: steps to {100 * target:.0f}%", f"{label}: test acc % per epoch",
                        f"{label}: grad norm layer 2 / layer L"]
         rows = []
@@ -186,7 +163,5 @@ def study_tables(result: dict) -> str:
                    f"{result['batch_size']}, median over seeds, (k/n) when only k reached it)\n\n"
                    + markdown_table(header, rows, "ll" + "rrr" * len(norms)))
     if result.get("axes"):
-        from .study_axes_report import axes_tables
-
         out.append(axes_tables(result["axes"]))
     return "\n\n".join(out)

@@ -15,11 +15,16 @@ from typing import Dict, List
 
 import torch
 
+from . import tables
+from .common.cli import stage_main
+from .common.progress import progress_bar
+from .common.results import json_config
+from .common.timing import synchronize
 from .data import DEFAULT_DATA_DIR, load_fashion_mnist
 from .models import ConvNet
 from .trainer import batches, evaluate, memory_probe, seed_everything, train_step
 
-NORMS = ("torch", "fused")  # the unfused baseline first
+COMPARED_NORMS = ("torch", "fused")  # the unfused baseline first
 # Two float32 runs that differ only in rounding drift apart as training amplifies ~1e-7 differences
 # (SGD with momentum is chaotic at a useful learning rate), so "overlap within float tolerance" is
 # judged against float64: over the first REFERENCE_STEPS steps a float64 copy of the torch model
@@ -35,25 +40,18 @@ FULL = {"train_images": None, "test_images": None, "epochs": 3, "batch_size": 12
         "widths": (32, 64, 128), "blocks": 2, "synthetic_steps": 30, "image_sizes": (32, 64, 128)}
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, blocks: int,
             epochs: int, batch_size: int, seed: int = 0, lr: float = 0.01,
             channels_last: bool = False, reference_steps: int = 0,
             progress: bool = True, warmup_steps: int = 2) -> Dict:
     """Trains one model per norm, stepping them in turn on the same batches (and a float64 torch
     model for the first reference_steps steps, untimed)."""
-    from .progress import progress_bar
-
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     seed_everything(seed)
     in_channels = train_x.shape[1]
     reference = ConvNet("torch", "relu", widths, blocks, True, in_channels)
     models, optimizers = {}, {}
-    for norm in NORMS:
+    for norm in COMPARED_NORMS:
         model = ConvNet(norm, "relu", widths, blocks, True, in_channels)
         model.load_state_dict(reference.state_dict())
         models[norm] = model.to(device, memory_format=fmt)
@@ -64,11 +62,11 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
     probe_x = train_x[:batch_size].to(device).contiguous(memory_format=fmt)
     probe_y = train_y[:batch_size].to(device)
     memory = {norm: memory_probe(copy.deepcopy(models[norm]), probe_x, probe_y, device)
-              for norm in NORMS}
+              for norm in COMPARED_NORMS}
 
-    losses = {norm: [] for norm in NORMS}
-    seconds = {norm: 0.0 for norm in NORMS}
-    accuracy = {norm: [] for norm in NORMS}
+    losses = {norm: [] for norm in COMPARED_NORMS}
+    seconds = {norm: 0.0 for norm in COMPARED_NORMS}
+    accuracy = {norm: [] for norm in COMPARED_NORMS}
     steps_per_epoch = train_x.shape[0] // batch_size
 
     def schedule():
@@ -82,8 +80,8 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
             total=epochs * steps_per_epoch)):
         xb = xb.to(device).contiguous(memory_format=fmt)
         yb = yb.to(device)
-        for norm in NORMS:
-            _sync(device)
+        for norm in COMPARED_NORMS:
+            synchronize(device)
             start = time.perf_counter()
             loss = train_step(models[norm], optimizers[norm], xb, yb)
             losses[norm].append(loss.item())  # .item() syncs: the step is complete
@@ -95,7 +93,7 @@ def compare(train_x, train_y, test_x, test_y, device: torch.device, widths, bloc
             loss = train_step(reference, reference_optimizer, xb.double(), yb)
             reference_losses.append(loss.item())
         if epoch_end and test_x is not None and test_x.shape[0]:
-            for norm in NORMS:
+            for norm in COMPARED_NORMS:
                 accuracy[norm].append(evaluate(models[norm], test_x, test_y, device,
                                                memory_format=fmt)["accuracy"])
     return _summarise(losses, seconds, timed_images, memory, accuracy, reference_losses)
@@ -119,7 +117,7 @@ def _summarise(losses, seconds, timed_images, memory, accuracy, reference_losses
                                  <= CURVE_SLACK * out["torch_vs_fp64"] + CURVE_ATOL)
     else:
         out["curves_overlap"] = None
-    for norm in NORMS:
+    for norm in COMPARED_NORMS:
         out["norms"][norm] = {
             "images_per_s": timed_images / seconds[norm] if seconds[norm] else None,
             "timed_images": timed_images, "seconds": seconds[norm], "losses": losses[norm],
@@ -156,7 +154,7 @@ def run(args, device: torch.device) -> Dict:
     """The real-data comparison (unless --synthetic) and the synthetic sizes (quick mode: the
     smallest only, full mode: all)."""
     config = resolve(args)
-    result: Dict = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()},
+    result: Dict = {"config": json_config(config),
                     "device": device.type, "channels_last": args.channels_last}
     if not args.synthetic:
         data = load_fashion_mnist(args.data_dir, config["train_images"], config["test_images"])
@@ -187,9 +185,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv=None) -> None:
-    from . import tables
-    from .microbench import stage_main
-
     stage_main(argv, __doc__.split("\n")[0], add_args, run, "train.json", tables.train_table)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmarks import cases, data, microbench, models, report, run, study, tables, train, trainer
-from benchmarks.results import load_json, save_json
+from benchmarks.common.results import load_json, save_json
 
 THREADS = ["--threads", str(torch.get_num_threads()), "--no-progress"]  # leave the session's own
 

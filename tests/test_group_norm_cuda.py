@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import pyfusedbn
-from benchmarks.host_overhead import count_ops
 from pyfusedbn._ops import ops
+from pyfusedbn.testing import count_ops
 from group_norm_cases import (CASE_IDS, EPS, GROUP_CASES, check_against_float64, leaves, leaves64, make_inputs,
                               reference_group_norm_act)
 from helpers import TOLERANCE, assert_as_accurate_as, assert_close, low_precision_slack

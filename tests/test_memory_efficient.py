@@ -10,8 +10,8 @@ import pyfusedbn
 from helpers import TOLERANCE, assert_close, random_input
 from pyfusedbn._ops import ops
 from pyfusedbn.activations import torch_activation
-from pyfusedbn.memory_efficient import (INVERTIBLE_ACTIVATIONS, MIN_WEIGHT, SavedTensors,
-                                        clamp_weight)
+from pyfusedbn.memory_efficient import INVERTIBLE_ACTIVATIONS, MIN_WEIGHT, clamp_weight
+from pyfusedbn.testing import SavedTensors
 
 # Every invertible activation, and a second parameter where it has one.
 CASES = [("identity", None), ("leaky_relu", 0.01), ("leaky_relu", 0.2), ("elu", 1.0),

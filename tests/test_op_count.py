@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pyfusedbn
-from benchmarks.host_overhead import count_ops, layer_steps
+from pyfusedbn.testing import count_ops, layer_steps
 
 # One training forward+backward of BatchNormAct2d(16) on (8, 16, 4, 4), torch 2.13 CPU: the layer
 # op and the training op it calls (which also counts num_batches_tracked) with 3 allocations

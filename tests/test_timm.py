@@ -9,7 +9,7 @@ import torch.nn as nn
 from torch import fx
 
 import pyfusedbn
-from benchmarks import zoo_models
+from pyfusedbn.testing import zoo as zoo_models
 from example_models import assert_same_state, seeded, step
 from helpers import TOLERANCE
 from pyfusedbn.conversion.foreign_layers import TIMM_ACTIVATION_CLASSES

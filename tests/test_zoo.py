@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import pyfusedbn
-from benchmarks import zoo_models
+from pyfusedbn.testing import zoo as zoo_models
 from helpers import TOLERANCE
 
 LIBRARIES = zoo_models.import_libraries()

@@ -1,6 +1,6 @@
 """The model zoo: classifiers from torchvision and timm (random init, nothing downloaded), how to
 import those libraries, and the training step whose results a converted model must reproduce.
-Shared by benchmarks/model_zoo.py and tests/test_zoo.py.
+Shared by benchmarks/model_zoo.py, tests/test_zoo.py and tests/test_timm.py.
 """
 import importlib.util
 import os
@@ -9,7 +9,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from pyfusedbn._foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
+try:
+    from ..conversion.foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
+except ImportError:  # TODO(integrator): drop fallback
+    from .._foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
 
 # (library, model name): the issue's 18 classifiers.
 ZOO: List[Tuple[str, str]] = [

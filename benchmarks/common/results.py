@@ -10,14 +10,23 @@ import torch
 
 import pyfusedbn
 
+# The folder of the entry points (`python -m benchmarks.X` runs benchmarks/X.py).
+BENCHMARKS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def save_json(out_dir: str, name: str, payload: dict) -> str:
+    """payload as out_dir/name, with the machine and the command line added."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, name)
     payload = dict(payload, machine=machine_info(), command=command_line())
     with open(path, "w") as f:
         json.dump(payload, f, indent=1, default=str)
     return path
+
+
+def json_config(config: dict) -> dict:
+    """A stage's settings as JSON holds them: tuples as lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def load_json(out_dir: str, name: str):
@@ -31,8 +40,7 @@ def load_json(out_dir: str, name: str):
 def command_line() -> str:
     """The command as typed: `python -m benchmarks.X ...` for the package's entry points."""
     script, args = sys.argv[0], sys.argv[1:]
-    here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.dirname(os.path.abspath(script)) == here:
+    if os.path.dirname(os.path.abspath(script)) == BENCHMARKS_DIR:
         stem = os.path.splitext(os.path.basename(script))[0]
         head = ["python", "-m", "benchmarks" if stem == "__main__" else f"benchmarks.{stem}"]
     else:
@@ -53,8 +61,7 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str:
     try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=BENCHMARKS_DIR, text=True,
                               capture_output=True, timeout=5).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
