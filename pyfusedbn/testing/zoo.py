@@ -9,10 +9,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-try:
-    from ..conversion.foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
-except ImportError:  # TODO(integrator): drop fallback
-    from .._foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
+from ..conversion.foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
 
 # (library, model name): the 18 classifiers.
 ZOO: List[Tuple[str, str]] = [
