@@ -46,6 +46,8 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport(operation)
+    norms = ([(name, m) for name, m in model.named_modules() if module_swap.is_norm_layer(m)]
+             if operation == "convert" else [])
     gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
@@ -55,8 +57,18 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
         report.method = f"found by module order inside nn.Sequential ({untraced})"
         sequential.sequential_pass(model, report, sequential_rewrite, wanted, untraced,
                                            alone)
+    _report_the_rest(report, norms)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
+
+
+def _report_the_rest(report, norms):
+    """Every norm layer of the model is in the report: those the pass did not see, with why."""
+    seen = {name for name, _ in report.fused + report.skipped}
+    for name, norm in norms:
+        if name not in seen:
+            report.skipped.append((name, module_swap.unconvertible_reason(norm)
+                                   or "not called as a module in the traced forward"))
 
 
 def convert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:

@@ -10,7 +10,7 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from .foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
+from .foreign_layers import is_identity, is_kept_whole_when_tracing, has_own_activation
 from .module_swap import (fused_from_norm, hook_reason, inner_activation, is_convertible_norm,
                           is_fused, norm_from_fused)
 from .torch_activations import (NotFusable, function_activation, method_activation,
@@ -19,8 +19,9 @@ from .torch_activations import (NotFusable, function_activation, method_activati
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, module, qualified_name):
-        # timm's norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
+        # Norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
         return (is_fused(module) or is_kept_whole_when_tracing(module)
+                or is_convertible_norm(module)
                 or super().is_leaf_module(module, qualified_name))
 
 
@@ -189,7 +190,7 @@ def _fuse(gm, bn_node, modules, calls):
         activation, param, act = inner
         set_module(gm, bn_node.target, fused_from_norm(bn, activation, param, act))
         return f"{type(bn).__name__} with its {type(act).__name__} -> activation={activation!r}"
-    if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
+    if has_own_activation(bn) and not is_identity(bn.drop):
         return _fuse_keeping_drop(gm, bn_node, bn)
     _skip_identities(gm, bn_node, modules)
     user = single_user(bn_node, "the BatchNorm output")

@@ -6,7 +6,7 @@ from collections import Counter
 from torch import nn
 
 from .folding import after_fold, fold_into, fold_reason
-from .foreign_layers import is_identity, is_timm_batch_norm_act
+from .foreign_layers import is_identity, has_own_activation
 from .module_swap import (SOURCE_ATTRIBUTE, fused_from_norm, hook_reason, inner_activation,
                           norm_from_fused)
 from .torch_activations import NotFusable, module_activation
@@ -86,7 +86,7 @@ def convert_in_sequential(seq, keys, i):
     if done:
         return done
     bn = seq._modules[keys[i]]
-    if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
+    if has_own_activation(bn) and not is_identity(bn.drop):
         raise NotFusable(f"its drop layer {type(bn.drop).__name__} runs after the BatchNorm")
     if i + 1 == len(keys):
         raise NotFusable("last module of its nn.Sequential, no activation follows")
