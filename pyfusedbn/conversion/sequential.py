@@ -22,7 +22,8 @@ def _qualified(prefix, key):
     return f"{prefix}.{key}" if prefix else key
 
 
-def _shared(model):
+def registrations(model):
+    """id(module) -> how many names it is registered under in model."""
     return Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
 
 
@@ -30,7 +31,7 @@ def sequential_pass(model, report, rewrite, wanted, untraced_reason, alone=None)
     """Calls rewrite(seq, keys, i) -> "what it did" (or raises NotFusable) for each module
     seq[keys[i]] satisfying wanted() inside an nn.Sequential, and alone(parent, key) -> what it
     did, or None, for those outside any; reports every wanted module."""
-    uses = _shared(model)
+    uses = registrations(model)
     seen = set()
     for prefix, seq in _sequentials(model):
         keys = list(seq._modules)
