@@ -65,21 +65,29 @@ test-huge: venv
 	@ls pyfusedbn/_C*.so >/dev/null 2>&1 || $(MAKE) build
 	PYFUSEDBN_HUGE_TESTS=1 $(PY) -m pytest -q -rs tests/test_huge.py
 
-# Real torchvision and timm models (tests/test_zoo*.py, tests/test_timm.py; benchmarks.model_zoo).
+# Real torchvision, timm and diffusers models (tests/test_zoo*.py, tests/test_timm.py,
+# tests/test_diffusers.py; benchmarks.model_zoo).
 # PyPI's torchvision wheel is built against CUDA torch, so with the CPU torch its compiled ops do
 # not load; its Python parts, all that the models and timm use, do (pyfusedbn/testing/zoo.py
 # declares the op schemas its import needs). --no-deps: its pin would pull the CUDA torch.
+# diffusers (tests/test_diffusers.py) the same way, with what its import needs, pinned.
 TORCHVISION_VERSION ?= 0.28.0
 TIMM_VERSION ?= 1.0.31
+DIFFUSERS_VERSION ?= 0.42.1
+DIFFUSERS_IMPORT_DEPS ?= huggingface_hub==1.33.0 safetensors==0.8.0 regex==2026.12.2 \
+	requests==2.34.2 urllib3==2.8.0 idna==3.21 certifi==2026.10.19.post1 httpx==0.29.0 \
+	httpcore==1.0.9 anyio==4.16.0 h11==0.16.0 sniffio==1.3.1 importlib_metadata==10.2.0 \
+	zipp==4.1.2 pyyaml==6.0.4 tqdm==4.70.1 filelock fsspec packaging pillow typing_extensions
 zoo-deps: $(VENV)/.zoo-installed
 $(VENV)/.zoo-installed: $(VENV)/.installed
-	$(PY) -m pip install -q --no-deps torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION)
+	$(PY) -m pip install -q --no-deps torchvision==$(TORCHVISION_VERSION) timm==$(TIMM_VERSION) \
+		diffusers==$(DIFFUSERS_VERSION) $(DIFFUSERS_IMPORT_DEPS)
 	touch $@
 
 # Builds the extension only if it is missing (after `make test`, as in CI, it is there).
 test-zoo: zoo-deps
 	@ls pyfusedbn/_C*.so >/dev/null 2>&1 || $(MAKE) build
-	$(PY) -m pytest -q tests/test_timm.py tests/test_zoo*.py
+	$(PY) -m pytest -q tests/test_timm.py tests/test_zoo*.py tests/test_diffusers.py
 
 # Benchmarks (benchmarks/run.py): plots, progress bars and pytest-benchmark on top of the venv.
 DATA_DIR ?= /usr/share/datasets/fashion-mnist

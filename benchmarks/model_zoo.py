@@ -1,6 +1,7 @@
-"""Model-zoo benchmark: pyfusedbn.convert on torchvision and timm classifiers.
+"""Model-zoo benchmark: pyfusedbn.convert on torchvision and timm models (zoo.ZOO: BatchNorm
+ classifiers; zoo.NORM_ZOO: GroupNorm / LayerNorm models).
 
-For each model (random init): BatchNorms fused / total and why each one left was left, exactness
+For each model (random init): norm layers fused / total and why each one left was left, exactness
 (a float64 training step and a float32 eval forward against the original), the CPU training-step
 speed-up, and with --device cuda the bf16 channels_last training images/s and peak memory of the
 original and the converted model, eager and under torch.compile.
@@ -24,10 +25,6 @@ from .common.results import save_json
 
 JSON_NAME = "model_zoo.json"
 # Every class a BatchNorm becomes when convert fuses it.
-FUSED_BATCH_NORMS = (pyfusedbn.BatchNormAct1d, pyfusedbn.BatchNormAct2d, pyfusedbn.BatchNormAct3d,
-                     pyfusedbn.SyncBatchNormAct)
-
-
 def _seeded_build(libraries, library, name, seed=0):
     torch.manual_seed(seed)
     return zoo.build(libraries, library, name)
@@ -39,9 +36,10 @@ def _input(batch, size, dtype=torch.float32, device="cpu", seed=2):
 
 
 def conversion_summary(original, converted):
+    """Norm layers (every family) fused / all of them, and the report's reasons for the rest."""
     report = converted.pyfusedbn_report
-    fused = sum(isinstance(m, FUSED_BATCH_NORMS) for m in converted.modules())
-    return {"fused": fused, "total": zoo.count_batch_norms(original),
+    fused, total = zoo.count_norms(converted)
+    return {"fused": fused, "total": total,
             "left": [list(item) for item in report.skipped], "method": report.method}
 
 
@@ -132,7 +130,7 @@ def run_model(libraries, library, name, args):
 
 
 def format_table(rows):
-    header = ("| model | BatchNorms fused | float64 train step, worst diff | float32 eval diff "
+    header = ("| model | norm layers fused | float64 train step, worst diff | float32 eval diff "
               "| CPU step speed-up |")
     lines = [header, "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -152,7 +150,7 @@ def format_table(rows):
                                  f"| {o['peak_mib']:.0f} | {c['peak_mib']:.0f} |")
     left = [(r, name, why) for r in rows for name, why in r["left"]]
     if left:
-        lines += ["", "BatchNorms left unfused, and why:", ""]
+        lines += ["", "Norm layers left unfused, and why:", ""]
         lines += [f"- {r['library']} {r['model']} `{name}`: {why}" for r, name, why in left]
     return "\n".join(lines)
 
@@ -173,7 +171,7 @@ def section(zoo):
 def _selected(spec, libraries):
     wanted = None if spec == "all" else set(spec.split(","))
     chosen = []
-    for library, name in zoo.ZOO:
+    for library, name in zoo.ZOO + zoo.NORM_ZOO:
         if wanted is not None and name not in wanted and f"{library}/{name}" not in wanted:
             continue
         if isinstance(libraries[library], str):

@@ -4,6 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+import pyfusedbn
+
 from pyfusedbn.conversion.module_swap import (FUSED_TO_NORM, NORM_TO_FUSED, fused_from_norm,
                                              is_convertible_norm, is_fused, is_per_sample_norm,
                                              norm_from_fused)
@@ -45,11 +47,29 @@ def test_convert_and_revert_keep_state_and_outputs(make, shape, training):
     assert_close("reverted output", act(plain(x)), reference(x), TOLERANCE[torch.float32])
 
 
-def test_subclasses_are_left_alone():
-    class MyGroupNorm(nn.GroupNorm):
-        pass
+class _TorchForwardGroupNorm(nn.GroupNorm):
+    """A subclass that keeps torch's forward: it computes nn.GroupNorm."""
 
-    assert not is_convertible_norm(MyGroupNorm(2, 4))
+
+class _OwnForwardGroupNorm(nn.GroupNorm):
+    def forward(self, x):
+        return super().forward(x) * 2
+
+
+@pytest.mark.parametrize("trace", [True, False])
+def test_subclass_keeping_torch_forward_fuses_and_reverts_to_its_class(trace):
+    model = nn.Sequential(nn.Conv2d(4, 4, 1), _TorchForwardGroupNorm(2, 4), nn.SiLU(),
+                          _OwnForwardGroupNorm(2, 4), nn.SiLU())
+    x = torch.randn(2, 4, 3, 3)
+    converted = pyfusedbn.convert(model, trace=trace)
+    report = converted.pyfusedbn_report
+    assert [name for name, _ in report.fused] == ["1"], report
+    ((name, why),) = report.skipped
+    assert name == "3" and "_OwnForwardGroupNorm" in why and "overrides forward" in why, report
+    assert_close("output", converted(x), model(x), TOLERANCE[torch.float32])
+    reverted = pyfusedbn.revert(converted, trace=trace)
+    assert type(reverted.get_submodule("1")) is _TorchForwardGroupNorm
+    assert_close("reverted output", reverted(x), model(x), TOLERANCE[torch.float32])
 
 
 class _UNetBlock(nn.Module):

@@ -51,8 +51,7 @@ def test_a_cycle_through_function_level_and_relative_imports_fails(tmp_path):
     assert "pkg.a -> pkg.sub.b -> pkg.c -> pkg.a" in done.stdout
 
 
-# TODO(integrator): add "pyfusedbn" once functional <-> memory_efficient is gone (helper PY).
-@pytest.mark.parametrize("package", ["benchmarks"])
+@pytest.mark.parametrize("package", ["pyfusedbn", "benchmarks"])
 def test_the_repository_has_none(package):
     done = check(ROOT, package)
     assert done.returncode == 0, done.stdout

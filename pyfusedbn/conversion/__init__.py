@@ -46,17 +46,81 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
     if not inplace:
         model = copy.deepcopy(model)
     report = ConversionReport(operation)
+    norms = ([(name, m) for name, m in model.named_modules() if module_swap.is_norm_layer(m)]
+             if operation == "convert" else [])
     gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
         graph_pass(gm, report)
         model = gm
     else:
-        report.method = f"found by module order inside nn.Sequential ({untraced})"
-        sequential.sequential_pass(model, report, sequential_rewrite, wanted, untraced,
-                                           alone)
+        traced = _traced_parts(operation, model, graph_pass, report) if trace else set()
+        report.method = (f"found with torch.fx in its largest traceable submodules (now "
+                         f"torch.fx.GraphModules where fused) and by module order inside "
+                         f"nn.Sequential elsewhere ({untraced})")
+        sequential.sequential_pass(model, report, sequential_rewrite,
+                                   lambda m: wanted(m) and id(m) not in traced, untraced, alone)
+    _report_the_rest(report, norms)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
+
+
+def _traced_parts(operation, model, graph_pass, report, prefix=""):
+    """Where the model does not trace: its largest traceable submodules (recursively), each
+    rewritten as a GraphModule where the pass changed something. The ids of their modules."""
+    traced = set()
+    uses = sequential.registrations(model)
+    for name, child in list(model.named_children()):
+        if uses[id(child)] > 1 or not any(True for _ in child.children()):
+            continue  # shared: replacing it would split it; a leaf holds no pattern
+        plain_sequential = type(child) is nn.Sequential  # module order handles it, as before
+        gm = None if plain_sequential else fx_passes.trace_for_any_inputs(child)
+        if gm is None:
+            traced |= _traced_parts(operation, child, graph_pass, report, f"{prefix}{name}.")
+            continue
+        part = ConversionReport(operation)
+        graph_pass(gm, part)
+        traced |= {id(m) for m in child.modules()} | {id(m) for m in gm.modules()}
+        report.fused += [(f"{prefix}{name}.{n}", what) for n, what in part.fused]
+        report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in part.skipped]
+        if part.fused:
+            _keep_what_callers_read(child, gm)
+            setattr(model, name, gm)
+    return traced
+
+
+def _keep_what_callers_read(child, gm):
+    """The parent's forward may read the child's attributes (diffusers' has_cross_attention,
+    len(block.resnets)): gm keeps them, and its ModuleLists / ModuleDicts (fx leaves plain
+    Modules on the paths to the modules it calls), holding gm's modules where it has them."""
+    for key, value in vars(child).items():
+        if not key.startswith("_") and key not in vars(gm):
+            setattr(gm, key, value)
+    containers = [(path, m) for path, m in child.named_modules()
+                  if isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+    for path, container in sorted(containers, key=lambda item: -item[0].count(".")):
+        items = {key: _submodule_or_none(gm, f"{path}.{key}") or item
+                 for key, item in container._modules.items()}
+        rebuilt = type(container)(list(items.values()) if isinstance(container, nn.ModuleList)
+                                  else items)
+        fx_passes.set_module(gm, path, rebuilt) if _submodule_or_none(gm, path.rpartition(".")[0]) \
+            is not None else gm.add_submodule(path, rebuilt)
+
+
+def _submodule_or_none(module, path):
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
+
+
+def _report_the_rest(report, norms):
+    """Every norm layer of the model is in the report: those the pass did not see, with why."""
+    seen = {name for name, _ in report.fused + report.skipped}
+    for name, norm in norms:
+        if name not in seen:
+            report.skipped.append((name, module_swap.unconvertible_reason(norm)
+                                   or "not called as a module in the traced forward"))
 
 
 def convert(model: nn.Module, inplace: bool = False, trace: bool = True) -> nn.Module:

@@ -16,6 +16,16 @@ def _timm_names(module, *classes):
 
 # nn.BatchNorm2d subclass applying `drop` then `act` (two submodules) inside its forward.
 TIMM_BATCH_NORM_ACT = _timm_names("norm_act", "BatchNormAct2d")
+# Every timm norm that applies `drop` then `act` itself, by the fused family it becomes.
+TIMM_GROUP_NORM_ACT = _timm_names("norm_act", "GroupNormAct", "GroupNorm1Act")
+TIMM_LAYER_NORM_ACT_2D = _timm_names("norm_act", "LayerNormAct2d")
+TIMM_NORM_ACT = TIMM_BATCH_NORM_ACT | TIMM_GROUP_NORM_ACT | TIMM_LAYER_NORM_ACT_2D
+# Norms computing F.group_norm, or F.layer_norm over the channels of an (N, C, H, W) map (as
+# pyfusedbn's LayerNormAct2d), with no activation of their own. timm's compute it unless its
+# fast_norm is on (`_fast_norm`: another kernel, autocast to float32).
+GROUP_NORMS = _timm_names("norm", "GroupNorm", "GroupNorm1") | TIMM_GROUP_NORM_ACT
+LAYER_NORMS_2D = (_timm_names("norm", "LayerNorm2d") | TIMM_LAYER_NORM_ACT_2D
+                  | {"torchvision.models.convnext.LayerNorm2d"})
 # Eval-only BatchNorms holding weight, bias, running_mean, running_var as buffers: fold only.
 # timm's also applies `drop` then `act`.
 FROZEN_BATCH_NORM = (_timm_names("norm_act", "FrozenBatchNormAct2d")
@@ -50,13 +60,19 @@ def is_timm_batch_norm_act(module):
     return class_name(type(module)) in TIMM_BATCH_NORM_ACT
 
 
+def has_own_activation(module):
+    """A timm norm layer applying its `drop` and `act` submodules after normalising."""
+    return class_name(type(module)) in TIMM_NORM_ACT
+
+
 def is_frozen_batch_norm(module):
     return class_name(type(module)) in FROZEN_BATCH_NORM
 
 
 def is_kept_whole_when_tracing(module):
     name = class_name(type(module))
-    return name in TIMM_BATCH_NORM_ACT or name in FROZEN_BATCH_NORM or name in TRAINING_DEPENDENT
+    return (name in TIMM_NORM_ACT or name in GROUP_NORMS or name in LAYER_NORMS_2D
+            or name in FROZEN_BATCH_NORM or name in TRAINING_DEPENDENT)
 
 
 def timm_activation(module_type):

@@ -3,6 +3,7 @@ the graph.
 
 The GraphModule keeps every module at its qualified name, so state_dict keys do not change.
 """
+import inspect
 import operator
 from collections import Counter
 
@@ -10,7 +11,7 @@ import torch
 from torch import fx
 from torch.fx.operator_schemas import normalize_function
 
-from .foreign_layers import is_identity, is_kept_whole_when_tracing, is_timm_batch_norm_act
+from .foreign_layers import is_identity, is_kept_whole_when_tracing, has_own_activation
 from .module_swap import (fused_from_norm, hook_reason, inner_activation, is_convertible_norm,
                           is_fused, norm_from_fused)
 from .torch_activations import (NotFusable, function_activation, method_activation,
@@ -19,17 +20,43 @@ from .torch_activations import (NotFusable, function_activation, method_activati
 
 class _Tracer(fx.Tracer):
     def is_leaf_module(self, module, qualified_name):
-        # timm's norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
+        # Norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
         return (is_fused(module) or is_kept_whole_when_tracing(module)
+                or is_convertible_norm(module)
                 or super().is_leaf_module(module, qualified_name))
+
+
+def _without_varargs(cls):
+    """A subclass of cls whose forward takes forward's named arguments only (*args and **kwargs
+    are passed empty): diffusers' blocks take `*args, **kwargs` only to warn about deprecated
+    ones, and `len(args)` on a traced *args does not trace. The traced module then takes the
+    named arguments only; None if forward has no *args / **kwargs."""
+    signature = inspect.signature(cls.forward)
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if not any(p.kind in variadic for p in signature.parameters.values()):
+        return None
+    named = [p for p in signature.parameters.values() if p.kind not in variadic]
+    if any(p.kind is inspect.Parameter.KEYWORD_ONLY for p in named):
+        return None
+    names = [p.name for p in named]
+    defaults = {p.name: p.default for p in named if p.default is not inspect.Parameter.empty}
+    header = ", ".join(n + (f"=_defaults[{n!r}]" if n in defaults else "") for n in names)
+    source = (f"def forward({header}):\n"
+              f"    return _forward({', '.join(names[:1] + [f'{n}={n}' for n in names[1:]])})\n")
+    scope = {"_defaults": defaults, "_forward": cls.forward}
+    exec(source, scope)  # fx reads the arguments from the code object: they must be real
+    return type(cls.__name__, (cls,), {"forward": scope["forward"]})
 
 
 def trace(model):
     """(GraphModule, None), or (None, why not). The model is traced in train and in eval mode:
     a forward that branches on self.training would be frozen into one mode by tracing."""
     modes = {m: m.training for m in model.modules()}
+    cls, named_only = type(model), _without_varargs(type(model))
     try:
         graphs = []
+        if named_only is not None:
+            model.__class__ = named_only
         for training in (True, False):
             model.train(training)
             graphs.append(_Tracer().trace(model))
@@ -37,9 +64,10 @@ def trace(model):
         first_line = (str(e).strip().splitlines() or [""])[0]
         return None, f"torch.fx could not trace it: {type(e).__name__}: {first_line}"
     finally:
+        model.__class__ = cls
         for m, training in modes.items():
             m.training = training
-    if graphs[0].python_code("self").src != graphs[1].python_code("self").src:
+    if _source_without_contiguous(graphs[0]) != _source_without_contiguous(graphs[1]):
         return None, "its forward depends on self.training, which tracing would freeze"
     gm = fx.GraphModule(model, graphs[1], type(model).__name__)
     if set(gm.state_dict()) != set(model.state_dict()):
@@ -50,6 +78,47 @@ def trace(model):
         except AttributeError:  # a container fx created for the path: keep the model's mode
             m.training = model.training
     return gm, None
+
+
+def trace_for_any_inputs(module):
+    """trace(module)'s GraphModule if its graph holds whatever its callers pass, else None.
+    A submodule's callers may pass None (diffusers' Decoder calls ResnetBlock2D with temb=None):
+    tracing sees a tensor there, and `temb is not None` is then always true. So the graph must
+    be the same with each argument after the first concretely None."""
+    gm, _ = trace(module)
+    if gm is None:
+        return None
+    expected = _operations(gm.graph)
+    cls, named_only = type(module), _without_varargs(type(module))
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"][1:]
+    try:
+        if named_only is not None:
+            module.__class__ = named_only
+        for name in names:
+            if _operations(_Tracer().trace(module, concrete_args={name: None})) != expected:
+                return None
+    except Exception:  # a forward that fails with None is not sensitive to None here
+        pass
+    finally:
+        module.__class__ = cls
+    return gm
+
+
+def _operations(graph):
+    """What a graph computes, without its inputs (a concrete input adds assertion nodes)."""
+    return [(n.op, str(n.target)) for n in graph.nodes
+            if n.op not in ("placeholder", "output") and "assert" not in str(n.target)]
+
+
+def _source_without_contiguous(graph):
+    """The graph's code with plain x.contiguous() calls removed (they change no value; diffusers'
+    ResnetBlock2D makes its shortcut's input contiguous in training only)."""
+    for node in list(graph.nodes):
+        if node.op == "call_method" and node.target == "contiguous" and len(node.args) == 1 \
+                and not node.kwargs:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    return graph.python_code("self").src
 
 
 def _call_counts(graph):
@@ -189,7 +258,7 @@ def _fuse(gm, bn_node, modules, calls):
         activation, param, act = inner
         set_module(gm, bn_node.target, fused_from_norm(bn, activation, param, act))
         return f"{type(bn).__name__} with its {type(act).__name__} -> activation={activation!r}"
-    if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
+    if has_own_activation(bn) and not is_identity(bn.drop):
         return _fuse_keeping_drop(gm, bn_node, bn)
     _skip_identities(gm, bn_node, modules)
     user = single_user(bn_node, "the BatchNorm output")

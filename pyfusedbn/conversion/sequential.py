@@ -6,7 +6,7 @@ from collections import Counter
 from torch import nn
 
 from .folding import after_fold, fold_into, fold_reason
-from .foreign_layers import is_identity, is_timm_batch_norm_act
+from .foreign_layers import is_identity, has_own_activation
 from .module_swap import (SOURCE_ATTRIBUTE, fused_from_norm, hook_reason, inner_activation,
                           norm_from_fused)
 from .torch_activations import NotFusable, module_activation
@@ -22,7 +22,8 @@ def _qualified(prefix, key):
     return f"{prefix}.{key}" if prefix else key
 
 
-def _shared(model):
+def registrations(model):
+    """id(module) -> how many names it is registered under in model."""
     return Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
 
 
@@ -30,7 +31,7 @@ def sequential_pass(model, report, rewrite, wanted, untraced_reason, alone=None)
     """Calls rewrite(seq, keys, i) -> "what it did" (or raises NotFusable) for each module
     seq[keys[i]] satisfying wanted() inside an nn.Sequential, and alone(parent, key) -> what it
     did, or None, for those outside any; reports every wanted module."""
-    uses = _shared(model)
+    uses = registrations(model)
     seen = set()
     for prefix, seq in _sequentials(model):
         keys = list(seq._modules)
@@ -86,7 +87,7 @@ def convert_in_sequential(seq, keys, i):
     if done:
         return done
     bn = seq._modules[keys[i]]
-    if is_timm_batch_norm_act(bn) and not is_identity(bn.drop):
+    if has_own_activation(bn) and not is_identity(bn.drop):
         raise NotFusable(f"its drop layer {type(bn.drop).__name__} runs after the BatchNorm")
     if i + 1 == len(keys):
         raise NotFusable("last module of its nn.Sequential, no activation follows")

@@ -9,10 +9,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-try:
-    from ..conversion.foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
-except ImportError:  # TODO(integrator): drop fallback
-    from .._foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
+from ..conversion.foreign_layers import is_frozen_batch_norm, is_timm_batch_norm_act
+from ..conversion.module_swap import is_fused, is_norm_layer
 
 # (library, model name): the issue's 18 classifiers.
 ZOO: List[Tuple[str, str]] = [
@@ -24,6 +22,14 @@ ZOO: List[Tuple[str, str]] = [
     ("timm", name) for name in (
         "efficientnet_b0", "mobilenetv3_large_100", "regnety_002", "cspresnet50", "rexnet_100",
         "resnet26d", "dla34")
+]
+
+# (library, model name): the GroupNorm / LayerNorm users of issue 20, counted by count_norms.
+NORM_ZOO: List[Tuple[str, str]] = [
+    ("timm", "convnext_atto"),        # timm LayerNorm2d, none followed by an activation
+    ("timm", "resnet50_gn"),          # timm GroupNorm (an nn.GroupNorm subclass) + ReLU / add
+    ("timm", "resnetv2_50x1_bit"),    # BiT: timm GroupNormAct (ReLU inside the layer)
+    ("torchvision", "convnext_tiny"),  # torchvision LayerNorm2d, nn.LayerNorm in the blocks
 ]
 
 # torchvision's C++ ops (nms, roi_align, ...) are declared by its compiled library; the fake
@@ -93,6 +99,12 @@ def is_batch_norm(module) -> bool:
 
 def count_batch_norms(model) -> int:
     return sum(is_batch_norm(m) for m in model.modules())
+
+
+def count_norms(model) -> Tuple[int, int]:
+    """(fused layers, all norm layers fused or not) of any norm family."""
+    fused = sum(is_fused(m) for m in model.modules())
+    return fused, fused + sum(is_norm_layer(m) for m in model.modules())
 
 
 def train_step(model, x, seed: int = 1) -> Dict[str, Optional[torch.Tensor]]:
