@@ -18,8 +18,10 @@ $(VENV)/.installed: Makefile
 build: venv
 	MAX_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
+# The emulated CUDA suite has its own target (test-cuda-emulated): it builds its own drivers.
+NOT_EMULATED := --ignore=tests/test_cuda_emulated.py --ignore=tests/test_cuda_emulated_mutations.py
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests $(NOT_EMULATED)
 
 # No import cycles inside pyfusedbn and benchmarks (imports inside functions count too); plain
 # python, no venv needed. PACKAGES=benchmarks checks one.
@@ -54,7 +56,7 @@ test-cuda-emulated-sanitize: venv
 # less its long tail (the full matrix runs on TORCH_VERSION in `make test`).
 LOW_TORCH_VERSION ?= 2.11.0
 LOW_VENV ?= .venv-torch$(LOW_TORCH_VERSION)
-LOW_TORCH_TESTS ?= -m "not slow" -k "not test_every_activation_layout_dtype and not test_benchmarks_smoke"
+LOW_TORCH_TESTS ?= $(NOT_EMULATED) -m "not slow" -k "not test_every_activation_layout_dtype and not test_benchmarks_smoke"
 test-lowest-torch:
 	$(MAKE) venv VENV=$(LOW_VENV) TORCH_VERSION=$(LOW_TORCH_VERSION)
 	bash tools/scratch_test.sh torch-$(LOW_TORCH_VERSION) $(LOW_VENV)/bin/python -q tests $(LOW_TORCH_TESTS)

@@ -1,7 +1,7 @@
 """The activations pyfusedbn fuses: names, their one parameter's default, and the
 torch.nn.functional function each must match.
 
-The kernels' math lives in csrc/activations.h; this table is the Python side of the same list
+The kernels' math lives in csrc/common/activations.h; this table is the Python side of the same list
 (tests check that the two agree name for name).
 """
 import math

@@ -77,7 +77,7 @@ def fused_batch_norm_act(input, running_mean, running_var, weight, bias, trainin
         return BatchNormActFunction.apply(input, weight, bias, residual, running_mean,
                                           running_var, training, momentum, eps, activation,
                                           activation_param)
-    # Eager: one op whose autograd is registered in C++ (csrc/batch_norm_act_autograd.cpp), so
+    # Eager: one op whose autograd is registered in C++ (csrc/batch_norm/autograd.cpp), so
     # neither direction runs Python.
     return _LAYER_OP(input, weight, bias, residual, running_mean, running_var, training, momentum,
                      eps, activation, activation_param, num_batches_tracked)

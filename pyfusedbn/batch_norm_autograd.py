@@ -1,5 +1,5 @@
 """batch_norm_act's autograd under torch.compile and torch.export, which trace this Python
-autograd.Function (eager runs the C++ one, csrc/batch_norm_act_autograd.cpp, with no Python in
+autograd.Function (eager runs the C++ one, csrc/batch_norm/autograd.cpp, with no Python in
 either direction). The two share one definition: both ask the op batch_norm_act_saves what to
 save, and both differentiate with the op batch_norm_act_layer_backward, so they cannot drift
 (tests/test_autograd_paths.py compares them). Also the forward ops the memory-saving mode

@@ -68,7 +68,7 @@ _LAYER_OP = ops.group_norm_act_layer.default
 def group_norm_act_with_stats(input, weight, bias, residual, num_groups, eps, activation,
                               activation_param):
     """(out, mean, rstd) on checked arguments. Eager: one op whose autograd is C++
-    (csrc/group_norm_act_autograd.cpp); torch.compile and export trace the autograd.Function."""
+    (csrc/group_norm/autograd.cpp); torch.compile and export trace the autograd.Function."""
     if torch.compiler.is_compiling() or torch.compiler.is_exporting():
         return GroupNormActFunction.apply(input, weight, bias, residual, num_groups, eps,
                                           activation, activation_param)

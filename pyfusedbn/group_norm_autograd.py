@@ -1,5 +1,5 @@
 """group_norm_act's autograd under torch.compile and torch.export, which trace this Python
-autograd.Function (eager runs the C++ one, csrc/group_norm_act_autograd.cpp). The two share one
+autograd.Function (eager runs the C++ one, csrc/group_norm/autograd.cpp). The two share one
 definition: both save what group_norm_act returns beside its output and its inputs, and both
 differentiate with the op group_norm_act_layer_backward (tests/test_autograd_paths.py compares
 them)."""

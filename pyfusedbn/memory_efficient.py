@@ -4,7 +4,7 @@ CVPR 2018): backward from the output y alone, so the input x need not stay alive
 The normal mode saves x for backward; the output y is usually saved anyway by whatever consumes
 it (the next convolution saves its input). For an invertible activation the backward kernels
 rebuild the pre-activation z = act^-1(y) and x - mean = (z - residual - bias) / (weight * invstd)
-(csrc/kernel_args.h, rebuild_pre_activation), so this mode saves y instead of x: one
+(csrc/common/kernel_args.h, rebuild_pre_activation), so this mode saves y instead of x: one
 activation-sized tensor less per layer.
 
 Invertible here: identity, leaky_relu with negative_slope > 0, elu with alpha > 0. Sigmoid, tanh

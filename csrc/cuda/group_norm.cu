@@ -3,7 +3,7 @@
 //
 // Statistics: one 256-thread block per (sample, group), Welford per thread, Chan merges over the
 // block (block_merge.cuh); the block then writes its group's rstd and the apply pass's
-// per-channel scale / shift (group_coefficients.h), so the forward is two launches. In NCHW a
+// per-channel scale / shift (group_norm/coefficients.h), so the forward is two launches. In NCHW a
 // group is one contiguous run; in NHWC (the diffusion-UNet layout) it is D = C / G channels of
 // each of the sample's rows, walked row by row so a warp reads whole D-channel runs of
 // consecutive rows.

@@ -1,6 +1,6 @@
 // What the emulated-kernel drivers share: the run's options (--order, --sms, --occupancy), the
 // four dtypes' conversions to and from double, guarded buffers, float64 activation references
-// (written here, independent of csrc/activations.h), the comparison that reports which tensor
+// (written here, independent of csrc/common/activations.h), the comparison that reports which tensor
 // differed and by how much, and a digest of every output (equal across scheduling orders).
 #pragma once
 
