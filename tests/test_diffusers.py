@@ -27,7 +27,7 @@ CASES = {
         sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
         up_block_types=("AttnUpBlock2D", "UpBlock2D"), **_SMALL),
-        lambda x: (torch.tensor([3.0], dtype=x.dtype),), 3, 10),
+        lambda x: (torch.tensor([3.0], dtype=x.dtype),), 3, 16),
     "UNet2DConditionModel": (lambda: diffusers.UNet2DConditionModel(
         sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -35,12 +35,12 @@ CASES = {
         attention_head_dim=8, **_SMALL),
         lambda x: (torch.tensor([3.0], dtype=x.dtype),
                    torch.randn(x.shape[0], 5, 16, generator=torch.Generator().manual_seed(2),
-                               dtype=x.dtype)), 4, 6),
+                               dtype=x.dtype)), 4, 16),
     "AutoencoderKL": (lambda: diffusers.AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, **_SMALL),
-        lambda x: (), 3, 8),
+        lambda x: (), 3, 20),
 }
 # Left: the attention blocks' GroupNorm (followed by a reshape, no activation), transformer
 # LayerNorms (last dimension), conv_norm_out, whose SiLU is called by the untraceable top-level

@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import folding, fx_passes, module_swap, sequential
+from . import folding, fx_passes, module_swap, none_patterns, sequential
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -75,6 +75,13 @@ def _traced_parts(operation, model, graph_pass, report, prefix=""):
             continue  # shared: replacing it would split it; a leaf holds no pattern
         plain_sequential = type(child) is nn.Sequential  # module order handles it, as before
         gm = None if plain_sequential else fx_passes.trace_for_any_inputs(child)
+        per_pattern = (none_patterns.convert_per_pattern(child, graph_pass)
+                       if gm is None and operation == "convert" and not plain_sequential else None)
+        if per_pattern is not None:
+            traced |= {id(m) for m in child.modules()}
+            report.fused += [(f"{prefix}{name}.{n}", what) for n, what in per_pattern[0]]
+            report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in per_pattern[1]]
+            continue
         if gm is None:
             traced |= _traced_parts(operation, child, graph_pass, report, f"{prefix}{name}.")
             continue

@@ -48,9 +48,11 @@ def _without_varargs(cls):
     return type(cls.__name__, (cls,), {"forward": scope["forward"]})
 
 
-def trace(model):
+def trace(model, concrete_args=None, whole_state=True):
     """(GraphModule, None), or (None, why not). The model is traced in train and in eval mode:
-    a forward that branches on self.training would be frozen into one mode by tracing."""
+    a forward that branches on self.training would be frozen into one mode by tracing.
+    concrete_args: arguments traced as these values (None: a caller's None). whole_state: the
+    graph must use every parameter and buffer (the GraphModule then replaces the model)."""
     modes = {m: m.training for m in model.modules()}
     cls, named_only = type(model), _without_varargs(type(model))
     try:
@@ -59,7 +61,7 @@ def trace(model):
             model.__class__ = named_only
         for training in (True, False):
             model.train(training)
-            graphs.append(_Tracer().trace(model))
+            graphs.append(_Tracer().trace(model, concrete_args=concrete_args))
     except Exception as e:  # fx raises many types; any of them means "does not trace"
         first_line = (str(e).strip().splitlines() or [""])[0]
         return None, f"torch.fx could not trace it: {type(e).__name__}: {first_line}"
@@ -70,7 +72,7 @@ def trace(model):
     if _source_without_contiguous(graphs[0]) != _source_without_contiguous(graphs[1]):
         return None, "its forward depends on self.training, which tracing would freeze"
     gm = fx.GraphModule(model, graphs[1], type(model).__name__)
-    if set(gm.state_dict()) != set(model.state_dict()):
+    if whole_state and set(gm.state_dict()) != set(model.state_dict()):
         return None, "its traced graph does not use every parameter and buffer"
     for name, m in gm.named_modules():
         try:

@@ -1,0 +1,138 @@
+"""convert for a module whose traced graph depends on which of its arguments are None (diffusers'
+ResnetBlock2D adds its `temb` only when it is not None; its Decoder passes None, the UNet a
+tensor): one graph per None pattern, each traced and fused alike. The module keeps its state,
+attributes and class (now a subclass whose forward runs the graph of the pattern it is called
+with). A call no graph covers (extra *args / **kwargs, a pattern that did not trace) runs the
+class's own forward on the original norms, rebuilt from the fused layers' state for that call."""
+import inspect
+import itertools
+from types import SimpleNamespace
+
+from .fx_passes import set_module, trace
+from .module_swap import norm_from_fused
+
+# At most 2**MAX_OPTIONAL graphs per module: arguments after the first that may be None.
+MAX_OPTIONAL = 4
+# The dispatching class records the class it replaced and the names of its fused layers.
+ORIGINAL_CLASS = "_pyfusedbn_original_class"
+FUSED_TARGETS = "_pyfusedbn_fused_targets"
+
+
+def convert_per_pattern(module, graph_pass):
+    """Fuses module in place, one graph per None pattern; (fused, skipped) lists of (name, what)
+    as in a ConversionReport, or None (module unchanged) if no pattern traces, the patterns
+    disagree about a norm layer, or nothing is fused."""
+    gm, _ = trace(module, whole_state=False)
+    if gm is None:
+        return None
+    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
+    if not 1 < len(names) <= MAX_OPTIONAL + 1:
+        return None
+    outcomes, graphs = {}, {}
+    for pattern in itertools.product((False, True), repeat=len(names) - 1):
+        concrete = {name: None for name, none in zip(names[1:], pattern) if none}
+        gm, _ = trace(module, concrete or None, whole_state=False)
+        if gm is None:
+            continue  # the call runs the class's own forward
+        part = SimpleNamespace(fused=[], skipped=[])
+        graph_pass(gm, part)
+        for target, what in part.fused:
+            outcomes.setdefault(target, set()).add(("fused", what))
+        for target, why in part.skipped:
+            outcomes.setdefault(target, set()).add(("left", why))
+        graphs[pattern] = gm
+    fused = sorted(t for t, seen in outcomes.items() if len(seen) == 1 and "fused" in
+                   next(iter(seen)))
+    if not fused or any(len(seen) > 1 for seen in outcomes.values()) \
+            or not all(_resolves(module, gm, fused) for gm in graphs.values()):
+        return None
+    for target in fused:
+        set_module(module, target, next(gm for gm in graphs.values()
+                                        if target in dict(gm.named_modules())).get_submodule(target))
+    functions = {pattern: _compiled(gm) for pattern, gm in graphs.items()}
+    module.__class__ = _dispatching_class(type(module), names, functions, fused)
+    how = f" (one graph per None pattern of {', '.join(names[1:])})"
+    report = [(t, what + how) for t, seen in outcomes.items() for kind, what in seen
+              if kind == "fused"]
+    return report, [(t, why) for t, seen in outcomes.items() for kind, why in seen
+                    if kind == "left"]
+
+
+def _resolves(module, gm, fused):
+    """Every module and attribute gm's graph names exists in module once fused is swapped in."""
+    for node in gm.graph.nodes:
+        if node.op in ("call_module", "get_attr") and node.target not in fused:
+            try:
+                module.get_submodule(node.target) if node.op == "call_module" \
+                    else _get_attr(module, node.target)
+            except AttributeError:
+                return False
+    return True
+
+
+def _get_attr(module, target):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _compiled(gm):
+    """gm's forward as a function of (self, *arguments) for any module with gm's layout."""
+    code = gm.graph.python_code(root_module="self")
+    scope = dict(code.globals)
+    exec(compile(code.src, f"<pyfusedbn {type(gm).__name__}>", "exec"), scope)
+    return scope["forward"]
+
+
+def _dispatching_class(cls, names, functions, fused):
+    signature = inspect.signature(cls.forward)
+    variadic = [p.name for p in signature.parameters.values()
+                if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def forward(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            bound = None
+        if bound is not None:
+            bound.apply_defaults()
+            values = bound.arguments
+            function = None if any(values.get(n) for n in variadic) or values[names[0]] is None \
+                else functions.get(tuple(values[n] is None for n in names[1:]))
+            if function is not None:
+                return function(self, *(values[n] for n in names))
+        return _original_forward(self, args, kwargs)
+
+    forward.__doc__ = cls.forward.__doc__
+    return type(cls.__name__, (cls,), {"forward": forward, ORIGINAL_CLASS: cls,
+                                       FUSED_TARGETS: tuple(fused),
+                                       "__module__": cls.__module__})
+
+
+def _original_forward(module, args, kwargs):
+    fused = {t: module.get_submodule(t) for t in getattr(module, FUSED_TARGETS)}
+    try:
+        for target, layer in fused.items():
+            set_module(module, target, norm_from_fused(layer)[0])
+        return getattr(module, ORIGINAL_CLASS).forward(module, *args, **kwargs)
+    finally:
+        for target, layer in fused.items():
+            set_module(module, target, layer)
+
+
+def is_dispatching(module):
+    return ORIGINAL_CLASS in vars(type(module))
+
+
+def revert_dispatching(module):
+    """Undoes convert_per_pattern: the norms (sharing the fused layers' state) and the class back.
+    [(name, what)]."""
+    done = []
+    for target in getattr(module, FUSED_TARGETS):
+        layer = module.get_submodule(target)
+        norm, _ = norm_from_fused(layer)
+        set_module(module, target, norm)
+        done.append((target, f"{type(layer).__name__} -> {type(norm).__name__} (its forward "
+                             f"applies the activation)"))
+    module.__class__ = getattr(module, ORIGINAL_CLASS)
+    return done
