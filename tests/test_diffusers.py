@@ -40,7 +40,7 @@ CASES = {
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, **_SMALL),
-        lambda x: (), 3, 20),
+        lambda x: (), 3, 22),
 }
 # Left: the attention blocks' GroupNorm (followed by a reshape, no activation), transformer
 # LayerNorms (last dimension), conv_norm_out, whose SiLU is called by the untraceable top-level

@@ -48,52 +48,97 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
     report = ConversionReport(operation)
     norms = ([(name, m) for name, m in model.named_modules() if module_swap.is_norm_layer(m)]
              if operation == "convert" else [])
+    if operation == "revert":
+        _revert_dispatching(model, report)
     gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
         graph_pass(gm, report)
         model = gm
     else:
-        traced = _traced_parts(operation, model, graph_pass, report) if trace else set()
+        untraceable = {}
+        traced = (_traced_parts(operation, model, graph_pass, report, untraceable)
+                  if trace else set())
         report.method = (f"found with torch.fx in its largest traceable submodules (now "
                          f"torch.fx.GraphModules where fused) and by module order inside "
                          f"nn.Sequential elsewhere ({untraced})")
         sequential.sequential_pass(model, report, sequential_rewrite,
-                                   lambda m: wanted(m) and id(m) not in traced, untraced, alone)
+                                   lambda m: wanted(m) and id(m) not in traced,
+                                   _untraced_reason(untraceable, untraced, trace), alone)
     _report_the_rest(report, norms)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
 
 
-def _traced_parts(operation, model, graph_pass, report, prefix=""):
+def _traced_parts(operation, model, graph_pass, report, untraceable, prefix=""):
     """Where the model does not trace: its largest traceable submodules (recursively), each
-    rewritten as a GraphModule where the pass changed something. The ids of their modules."""
+    rewritten as a GraphModule where the pass changed something; a submodule whose own forward
+    traces once its untraceable descendants are called whole is rewritten so too (or, for
+    convert, one graph per None pattern of its arguments: none_patterns). The ids of the modules
+    whose norms the pass saw; untraceable collects id(module) -> (name, why not) of the rest."""
     traced = set()
     uses = sequential.registrations(model)
     for name, child in list(model.named_children()):
         if uses[id(child)] > 1 or not any(True for _ in child.children()):
             continue  # shared: replacing it would split it; a leaf holds no pattern
-        plain_sequential = type(child) is nn.Sequential  # module order handles it, as before
-        gm = None if plain_sequential else fx_passes.trace_for_any_inputs(child)
-        per_pattern = (none_patterns.convert_per_pattern(child, graph_pass)
-                       if gm is None and operation == "convert" and not plain_sequential else None)
-        if per_pattern is not None:
-            traced |= {id(m) for m in child.modules()}
-            report.fused += [(f"{prefix}{name}.{n}", what) for n, what in per_pattern[0]]
-            report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in per_pattern[1]]
+        if type(child) is nn.Sequential:  # module order handles it, as before
+            traced |= _traced_parts(operation, child, graph_pass, report, untraceable,
+                                    f"{prefix}{name}.")
             continue
+        leaves = frozenset()
+        gm, why = fx_passes.trace_for_any_inputs(child)
         if gm is None:
-            traced |= _traced_parts(operation, child, graph_pass, report, f"{prefix}{name}.")
-            continue
+            traced |= _traced_parts(operation, child, graph_pass, report, untraceable,
+                                    f"{prefix}{name}.")
+            leaves = frozenset(i for i in untraceable if i in {id(m) for m in child.modules()})
+            gm, _ = fx_passes.trace_for_any_inputs(child, leaves) if leaves else (None, why)
         part = ConversionReport(operation)
-        graph_pass(gm, part)
-        traced |= {id(m) for m in child.modules()} | {id(m) for m in gm.modules()}
-        report.fused += [(f"{prefix}{name}.{n}", what) for n, what in part.fused]
-        report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in part.skipped]
-        if part.fused:
+        if gm is None:
+            per_pattern = (none_patterns.convert_per_pattern(child, graph_pass, leaves)
+                           if operation == "convert" else None)
+            if per_pattern is None:
+                untraceable[id(child)] = (f"{prefix}{name}", why)
+                continue
+            part.fused, part.skipped = per_pattern
+        else:
+            graph_pass(gm, part)
+        called_whole = {id(m) for leaf in child.modules() if id(leaf) in leaves
+                        for m in leaf.modules()}
+        traced |= {id(m) for m in child.modules()} - called_whole
+        seen = {n for n, _ in report.fused + report.skipped}
+        report.fused += [(f"{prefix}{name}.{n}", what) for n, what in part.fused
+                         if f"{prefix}{name}.{n}" not in seen]
+        report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in part.skipped
+                           if f"{prefix}{name}.{n}" not in seen]
+        if gm is not None and part.fused:
+            traced |= {id(m) for m in gm.modules()} - called_whole
             _keep_what_callers_read(child, gm)
             setattr(model, name, gm)
     return traced
+
+
+def _untraced_reason(untraceable, model_reason, traced):
+    """name -> why a norm layer that no traced graph holds was not fused: the nearest module
+    around it that torch.fx could not trace (else the model), with why."""
+    reasons = dict(untraceable.values())
+
+    def reason(norm_name):
+        if not traced:
+            return ("in no nn.Sequential where module order would show an activation after it "
+                    "(trace=False: torch.fx was not used)")
+        around = max((n for n in reasons if norm_name.startswith(n + ".")), key=len, default=None)
+        who, why = (around, reasons[around]) if around else ("the model", model_reason)
+        return (f"inside {who} ({why}), and in no nn.Sequential where module order would show "
+                f"an activation after it")
+    return reason
+
+
+def _revert_dispatching(model, report):
+    """The modules convert fused one graph per None pattern get their class and norms back."""
+    for name, module in list(model.named_modules()):
+        if none_patterns.is_dispatching(module):
+            report.fused += [(f"{name}.{n}" if name else n, what)
+                             for n, what in none_patterns.revert_dispatching(module)]
 
 
 def _keep_what_callers_read(child, gm):

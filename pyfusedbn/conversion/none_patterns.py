@@ -8,54 +8,53 @@ import inspect
 import itertools
 from types import SimpleNamespace
 
-from .fx_passes import set_module, trace
+from .fx_passes import ORIGINAL_CLASS, is_dispatching, set_module, trace
 from .module_swap import norm_from_fused
 
 # At most 2**MAX_OPTIONAL graphs per module: arguments after the first that may be None.
 MAX_OPTIONAL = 4
-# The dispatching class records the class it replaced and the names of its fused layers.
-ORIGINAL_CLASS = "_pyfusedbn_original_class"
+# The dispatching class records the class it replaced (ORIGINAL_CLASS) and its fused layers.
 FUSED_TARGETS = "_pyfusedbn_fused_targets"
 
 
-def convert_per_pattern(module, graph_pass):
+def convert_per_pattern(module, graph_pass, leaves=frozenset()):
     """Fuses module in place, one graph per None pattern; (fused, skipped) lists of (name, what)
-    as in a ConversionReport, or None (module unchanged) if no pattern traces, the patterns
-    disagree about a norm layer, or nothing is fused."""
-    gm, _ = trace(module, whole_state=False)
+    as in a ConversionReport, or None (module unchanged) if no pattern traces or nothing is
+    fused. A norm layer is fused as in the first pattern that fuses it (all arguments given
+    first); a pattern where it is left, or fused otherwise, keeps no graph (that call runs the
+    class's own forward)."""
+    gm, _ = trace(module, whole_state=False, leaves=leaves)
     if gm is None:
         return None
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
     if not 1 < len(names) <= MAX_OPTIONAL + 1:
         return None
-    outcomes, graphs = {}, {}
+    parts = {}
     for pattern in itertools.product((False, True), repeat=len(names) - 1):
         concrete = {name: None for name, none in zip(names[1:], pattern) if none}
-        gm, _ = trace(module, concrete or None, whole_state=False)
-        if gm is None:
-            continue  # the call runs the class's own forward
-        part = SimpleNamespace(fused=[], skipped=[])
-        graph_pass(gm, part)
-        for target, what in part.fused:
-            outcomes.setdefault(target, set()).add(("fused", what))
-        for target, why in part.skipped:
-            outcomes.setdefault(target, set()).add(("left", why))
-        graphs[pattern] = gm
-    fused = sorted(t for t, seen in outcomes.items() if len(seen) == 1 and "fused" in
-                   next(iter(seen)))
-    if not fused or any(len(seen) > 1 for seen in outcomes.values()) \
-            or not all(_resolves(module, gm, fused) for gm in graphs.values()):
+        gm, _ = trace(module, concrete or None, whole_state=False, leaves=leaves)
+        if gm is not None:  # else that call runs the class's own forward
+            part = SimpleNamespace(fused=[], skipped=[])
+            graph_pass(gm, part)
+            parts[pattern] = (gm, dict(part.fused), dict(part.skipped))
+    fused = {}
+    for gm, done, _ in parts.values():
+        for target, what in done.items():
+            fused.setdefault(target, (what, gm.get_submodule(target)))
+    graphs = {pattern: gm for pattern, (gm, done, left) in parts.items()
+              if all(done.get(t, what) == what and t not in left
+                     for t, (what, _) in fused.items())
+              and _resolves(module, gm, fused)}
+    if not fused or not graphs:
         return None
-    for target in fused:
-        set_module(module, target, next(gm for gm in graphs.values()
-                                        if target in dict(gm.named_modules())).get_submodule(target))
+    for target, (_, layer) in fused.items():
+        set_module(module, target, layer)
     functions = {pattern: _compiled(gm) for pattern, gm in graphs.items()}
-    module.__class__ = _dispatching_class(type(module), names, functions, fused)
+    module.__class__ = _dispatching_class(type(module), names, functions, sorted(fused))
     how = f" (one graph per None pattern of {', '.join(names[1:])})"
-    report = [(t, what + how) for t, seen in outcomes.items() for kind, what in seen
-              if kind == "fused"]
-    return report, [(t, why) for t, seen in outcomes.items() for kind, why in seen
-                    if kind == "left"]
+    skipped = {t: why for _, _, left in parts.values() for t, why in left.items()
+               if t not in fused}
+    return [(t, what + how) for t, (what, _) in fused.items()], list(skipped.items())
 
 
 def _resolves(module, gm, fused):
@@ -118,10 +117,6 @@ def _original_forward(module, args, kwargs):
     finally:
         for target, layer in fused.items():
             set_module(module, target, layer)
-
-
-def is_dispatching(module):
-    return ORIGINAL_CLASS in vars(type(module))
 
 
 def revert_dispatching(module):
