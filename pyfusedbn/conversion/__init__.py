@@ -14,7 +14,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import folding, fx_passes, module_swap, none_patterns, sequential
+from . import folding, fx_passes, module_swap, none_patterns, sequential, siblings
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -59,6 +59,8 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
         untraceable = {}
         traced = (_traced_parts(operation, model, graph_pass, report, untraceable)
                   if trace else set())
+        if operation == "convert":
+            _convert_siblings(model, report, untraceable)
         report.method = (f"found with torch.fx in its largest traceable submodules (now "
                          f"torch.fx.GraphModules where fused) and by module order inside "
                          f"nn.Sequential elsewhere ({untraced})")
@@ -133,8 +135,20 @@ def _untraced_reason(untraceable, model_reason, traced):
     return reason
 
 
+def _convert_siblings(model, report, untraceable):
+    """In the forward of the model and of each module that does not trace: norm + activation
+    children applied one after the other (siblings.py)."""
+    uses = sequential.registrations(model)
+    for name, module in list(model.named_modules()):
+        if module is model or id(module) in untraceable:
+            report.fused += [(f"{name}.{n}" if name else n, what)
+                             for n, what in siblings.convert_siblings(module, uses)]
+
+
 def _revert_dispatching(model, report):
-    """The modules convert fused one graph per None pattern get their class and norms back."""
+    """The modules convert fused one graph per None pattern, or by reading their forward's
+    source, get their norms, activations and class back."""
+    report.fused += siblings.revert_siblings(model)
     for name, module in list(model.named_modules()):
         if none_patterns.is_dispatching(module):
             report.fused += [(f"{name}.{n}" if name else n, what)
