@@ -19,76 +19,43 @@ from pyfusedbn.conversion.module_swap import is_norm_layer
 from pyfusedbn.testing import zoo as zoo_models
 from helpers import TOLERANCE
 
-zoo_models.import_libraries()  # diffusers imports torchvision when it is installed
-diffusers = pytest.importorskip("diffusers")
+LIBRARIES = zoo_models.import_libraries()  # diffusers imports torchvision when it is installed
+pytest.importorskip("diffusers")
 
-_SMALL = dict(block_out_channels=(32, 64), norm_num_groups=8)
-# name -> (build, inputs besides the image, image channels, fused GroupNorms).
-CASES = {
-    "UNet2DModel": (lambda: diffusers.UNet2DModel(
-        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), **_SMALL),
-        lambda x: (torch.tensor([3.0], dtype=x.dtype),), 3, 17),
-    "UNet2DConditionModel": (lambda: diffusers.UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-        attention_head_dim=8, **_SMALL),
-        lambda x: (torch.tensor([3.0], dtype=x.dtype),
-                   torch.randn(x.shape[0], 5, 16, generator=torch.Generator().manual_seed(2),
-                               dtype=x.dtype)), 4, 17),
-    "AutoencoderKL": (lambda: diffusers.AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, **_SMALL),
-        lambda x: (), 3, 22),
-}
+# model name -> GroupNorms fused: every one followed by SiLU.
+FUSED = {"UNet2DModel": 17, "UNet2DConditionModel": 17, "AutoencoderKL": 22}
 # Left: the attention blocks' GroupNorm (followed by a reshape, no activation) and transformer
 # LayerNorms (last dimension): no GroupNorm followed by an activation.
 LEFT = ("attentions.",)
-
-
 _no_warning = contextlib.nullcontext
 
 
-class _Sample(nn.Module):
-    """The model's output tensor (diffusers returns a dataclass) for fixed extra inputs."""
-
-    def __init__(self, model, extra):
-        super().__init__()
-        self.model, self.extra = model, extra
-
-    def forward(self, x):
-        return self.model(x, *self.extra(x)).sample
-
-
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", list(FUSED))
 def test_diffusers_model_converts_exactly(name):
-    build, extra, channels, fused = CASES[name]
     torch.manual_seed(0)
-    original = build()
+    original = zoo_models.build(LIBRARIES, "diffusers", name)
     converted = pyfusedbn.convert(original)
     report = converted.pyfusedbn_report
-    assert zoo_models.count_norms(converted)[0] == len(report.fused) == fused, report
+    assert zoo_models.count_norms(converted)[0] == len(report.fused) == FUSED[name], report
     norms = [n for n, m in original.named_modules() if is_norm_layer(m)]
     assert sorted(n for n, _ in report.fused + report.skipped) == sorted(norms), report
     for norm_name, why in report.skipped:
         assert any(part in norm_name for part in LEFT), (norm_name, why)
-    x = torch.randn(2, channels, 16, 16, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(2, zoo_models.in_channels(original), 16, 16,
+                    generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         name_, diff = zoo_models.largest_difference(
-            {"output": _Sample(copy.deepcopy(converted), extra).eval()(x)},
-            {"output": _Sample(copy.deepcopy(original), extra).eval()(x)})
+            {"output": copy.deepcopy(converted).eval()(x)},
+            {"output": copy.deepcopy(original).eval()(x)})
     assert diff <= TOLERANCE[torch.float32], (name_, diff)
-    actual = zoo_models.train_step(_Sample(converted, extra).double(), x.double())
-    expected = zoo_models.train_step(_Sample(original, extra).double(), x.double())
+    actual = zoo_models.train_step(converted.double(), x.double())
+    expected = zoo_models.train_step(original.double(), x.double())
     name_, diff = zoo_models.largest_difference(actual, expected)
     assert diff <= TOLERANCE[torch.float64], (name_, diff)
-    _check_state_dicts_and_revert(original, converted, extra, x.double())
+    _check_state_dicts_and_revert(original, converted, x.double())
 
 
-def _check_state_dicts_and_revert(original, converted, extra, x):
+def _check_state_dicts_and_revert(original, converted, x):
     assert sorted(converted.state_dict()) == sorted(original.state_dict())  # a GraphModule orders by call
     original.load_state_dict(converted.state_dict())
     converted.load_state_dict(original.state_dict())
@@ -98,8 +65,7 @@ def _check_state_dicts_and_revert(original, converted, extra, x):
         [type(m) for m in original.modules() if is_norm_layer(m)]
     with torch.no_grad():
         name_, diff = zoo_models.largest_difference(
-            {"output": _Sample(reverted, extra).eval()(x)},
-            {"output": _Sample(original, extra).eval()(x)})
+            {"output": reverted.eval()(x)}, {"output": original.eval()(x)})
     assert diff <= TOLERANCE[torch.float64], (name_, diff)
 
 
