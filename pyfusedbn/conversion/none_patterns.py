@@ -23,11 +23,10 @@ def convert_per_pattern(module, graph_pass, leaves=frozenset()):
     fused. A norm layer is fused as in the first pattern that fuses it (all arguments given
     first); a pattern where it is left, or fused otherwise, keeps no graph (that call runs the
     class's own forward)."""
-    gm, _ = trace(module, whole_state=False, leaves=leaves)
-    if gm is None:
-        return None
-    names = [n.target for n in gm.graph.nodes if n.op == "placeholder"]
-    if not 1 < len(names) <= MAX_OPTIONAL + 1:
+    parameters = list(inspect.signature(type(module).forward).parameters.values())[1:]
+    names = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.KEYWORD_ONLY for p in parameters) \
+            or not 1 < len(names) <= MAX_OPTIONAL + 1:
         return None
     parts = {}
     for pattern in itertools.product((False, True), repeat=len(names) - 1):
