@@ -4,9 +4,13 @@
     print(model.pyfusedbn_report)           # what was fused, what was left and why
 
 Patterns are found with torch.fx where the model traces (the result is then a
-torch.fx.GraphModule with the same parameters, buffers and state_dict keys), and by module order
-inside nn.Sequential where it does not (the model keeps its classes). Each function returns the
-model and attaches a ConversionReport to it as `model.pyfusedbn_report`.
+torch.fx.GraphModule with the same parameters, buffers and state_dict keys). Where it does not:
+in its largest traceable submodules (with their untraceable descendants called whole), with one
+graph per None pattern of a submodule's arguments where its graph depends on them
+(none_patterns.py), in the source of an untraceable forward for norm + activation children
+applied one after the other (siblings.py), and by module order inside nn.Sequential (the model
+keeps its classes). Each function returns the model and attaches a ConversionReport to it as
+`model.pyfusedbn_report`.
 """
 import copy
 from dataclasses import dataclass, field
