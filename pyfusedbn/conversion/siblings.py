@@ -6,6 +6,7 @@ class's source names neither anywhere else: whoever calls the module then gets t
 The norm becomes the fused layer, the activation nn.Identity (its name and state_dict keys stay);
 revert puts both back."""
 import ast
+import functools
 import inspect
 import textwrap
 
@@ -20,15 +21,17 @@ SIBLING_ATTRIBUTE = "_pyfusedbn_sibling_activation"
 
 def _class_sources(cls):
     """The parsed source of cls and its bases up to torch's own classes ([] if unavailable)."""
-    trees = []
-    for base in cls.__mro__:
-        if base.__module__.startswith("torch.") or base is object:
-            continue
-        try:
-            trees.append(ast.parse(textwrap.dedent(inspect.getsource(base))))
-        except (OSError, TypeError, SyntaxError):
-            return []
-    return trees
+    trees = [_parsed(base) for base in cls.__mro__
+             if not base.__module__.startswith("torch.") and base is not object]
+    return [] if any(tree is None for tree in trees) else trees
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(cls):
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return None
 
 
 def _self_call(statement):
@@ -80,11 +83,15 @@ def _uses(trees, name):
 def convert_siblings(module, uses):
     """Fuses module's norm + activation children as its forward applies them (see the module
     docstring); [(norm attribute, what was done)]. uses: id -> names registered (registrations)."""
+    children = [m for m in module._modules.values() if m is not None]
+    if not (any(is_convertible_norm(m) for m in children)
+            and any(_is_activation(m) for m in children)):
+        return []  # nothing to pair: the source is not read
     owner = next(base for base in type(module).__mro__ if "forward" in vars(base))
     trees = _class_sources(type(module))
     if owner.__module__.startswith("torch.") or not trees:
         return []
-    forward = next((n for n in ast.walk(ast.parse(textwrap.dedent(inspect.getsource(owner))))
+    forward = next((n for n in ast.walk(_parsed(owner))
                     if isinstance(n, ast.FunctionDef) and n.name == "forward"), None)
     done = []
     for norm_name, act_name in _pairs(forward) if forward is not None else ():
@@ -107,6 +114,14 @@ def convert_siblings(module, uses):
                                 f"activation={activation!r} (found in the source of "
                                 f"{owner.__name__}.forward; {act_name} is now nn.Identity)"))
     return done
+
+
+def _is_activation(module):
+    try:
+        module_activation(module)
+    except NotFusable:
+        return False
+    return True
 
 
 def revert_siblings(model):
