@@ -164,7 +164,8 @@ def section(zoo):
     settings = zoo["settings"]
     return ["## Model zoo", "",
             f"`{zoo['command']}`: `pyfusedbn.convert` on torchvision, timm and diffusers models "
-            "(random init; diffusers' from small configs). Exactness: worst |difference| / max(1, max |reference|) over the "
+            "(random init; diffusers' from small configs). Exactness: worst |difference| / "
+            "max(1, max |reference|) over the "
             "output, input and parameter gradients and running statistics of a float64 "
             f"training step, and the float32 eval output (batch {settings['batch']}, "
             f"{settings['size']}x{settings['size']}). CPU step speed-up: median float32 training "

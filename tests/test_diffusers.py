@@ -56,7 +56,8 @@ def test_diffusers_model_converts_exactly(name):
 
 
 def _check_state_dicts_and_revert(original, converted, x):
-    assert sorted(converted.state_dict()) == sorted(original.state_dict())  # a GraphModule orders by call
+    # Sorted: a GraphModule registers its modules in the order its graph calls them.
+    assert sorted(converted.state_dict()) == sorted(original.state_dict())
     original.load_state_dict(converted.state_dict())
     converted.load_state_dict(original.state_dict())
     reverted = pyfusedbn.revert(converted)

@@ -231,7 +231,7 @@ def _residual_operand(add, value):
     first, second = add.args
     other = second if first is value else first
     if table[add.target] and first is not value:
-        raise NotFusable("the in-place add writes into the other operand, not the BatchNorm output")
+        raise NotFusable("the in-place add writes into the other operand, not the norm's output")
     if not isinstance(other, fx.Node) or other is value:
         raise NotFusable("the add's other operand is not a separate tensor")
     return other
@@ -292,7 +292,7 @@ def _fuse(gm, bn_node, modules, calls):
     if has_own_activation(bn) and not is_identity(bn.drop):
         return _fuse_keeping_drop(gm, bn_node, bn)
     _skip_identities(gm, bn_node, modules)
-    user = single_user(bn_node, "the BatchNorm output")
+    user = single_user(bn_node, f"the {type(bn).__name__} output")
     if user.op == "call_module" and is_fused(gm.get_submodule(user.target)) \
             and bn_node is residual_of(user):
         raise NotFusable(f"its output is the residual of {describe(user)}, fused with that add")
@@ -313,7 +313,8 @@ def _fuse(gm, bn_node, modules, calls):
         # The fused op runs where the add was: check nothing in between writes into x.
         between = _nodes_between(bn_node, user)
         if any(u in between and _may_mutate(u, modules) for u in x.users):
-            raise NotFusable("the BatchNorm input may be modified in place before the add")
+            raise NotFusable(f"the {type(bn).__name__} input may be modified in place before "
+                             f"the add")
     set_module(gm, bn_node.target, fused_from_norm(bn, activation, param))
     if residual is None:
         act_node.replace_all_uses_with(bn_node)
