@@ -1,5 +1,6 @@
-"""Model-zoo benchmark: pyfusedbn.convert on torchvision and timm models (zoo.ZOO: BatchNorm
- classifiers; zoo.NORM_ZOO: GroupNorm / LayerNorm models).
+"""Model-zoo benchmark: pyfusedbn.convert on torchvision, timm and diffusers models (zoo.ZOO:
+BatchNorm classifiers; zoo.NORM_ZOO: GroupNorm / LayerNorm models; zoo.DIFFUSERS_ZOO: UNets and
+a VAE from small configs, image in and out).
 
 For each model (random init): norm layers fused / total and why each one left was left, exactness
 (a float64 training step and a float32 eval forward against the original), the CPU training-step
@@ -8,7 +9,8 @@ original and the converted model, eager and under torch.compile.
 
     python -m benchmarks.model_zoo [--models resnet18,timm/efficientnet_b0] [--device cuda]
 
-Skipped with one line when neither torchvision nor timm imports. Writes model_zoo.json.
+A model whose library does not import is skipped with one line. Writes model_zoo.json (or
+--json-name).
 """
 import argparse
 import copy
@@ -24,15 +26,16 @@ from .common.markdown import MiB
 from .common.results import save_json
 
 JSON_NAME = "model_zoo.json"
-# Every class a BatchNorm becomes when convert fuses it.
+
+
 def _seeded_build(libraries, library, name, seed=0):
     torch.manual_seed(seed)
     return zoo.build(libraries, library, name)
 
 
-def _input(batch, size, dtype=torch.float32, device="cpu", seed=2):
+def _input(batch, size, channels=3, dtype=torch.float32, device="cpu", seed=2):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, 3, size, size, generator=generator, dtype=dtype).to(device)
+    return torch.randn(batch, channels, size, size, generator=generator, dtype=dtype).to(device)
 
 
 def conversion_summary(original, converted):
@@ -46,7 +49,7 @@ def conversion_summary(original, converted):
 def exactness(original, converted, batch, size):
     """Worst relative difference (and where) of a float64 training step and a float32 eval
     forward, converted vs original."""
-    x = _input(batch, size)
+    x = _input(batch, size, zoo.in_channels(original))
     with torch.no_grad():
         eval_diff = zoo.largest_difference(
             {"output": copy.deepcopy(converted).eval()(x)},
@@ -66,7 +69,7 @@ def _step_seconds(model, x):
 def cpu_step_speedup(original, converted, batch, size, repeats):
     """Median time of a float32 training step (forward + backward) of each, timed alternately
     in this process after one warm-up each; speed-up = original / converted."""
-    x = _input(batch, size)
+    x = _input(batch, size, zoo.in_channels(original))
     models = {"original": original.train(), "converted": converted.train()}
     times = {k: [] for k in models}
     for i in range(repeats + 1):
@@ -84,7 +87,8 @@ def _gpu_train(model, batch, size, steps, compile_model):
     model = model.cuda().to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     step_model = torch.compile(model) if compile_model else model
-    x = _input(batch, size, device="cuda").contiguous(memory_format=torch.channels_last)
+    x = _input(batch, size, zoo.in_channels(model), device="cuda").contiguous(
+        memory_format=torch.channels_last)
 
     def step():
         with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -159,8 +163,9 @@ def section(zoo):
     """The REPORT.md section from model_zoo.json."""
     settings = zoo["settings"]
     return ["## Model zoo", "",
-            f"`{zoo['command']}`: `pyfusedbn.convert` on torchvision and timm classifiers "
-            "(random init). Exactness: worst |difference| / max(1, max |reference|) over the "
+            f"`{zoo['command']}`: `pyfusedbn.convert` on torchvision, timm and diffusers models "
+            "(random init; diffusers' from small configs). Exactness: worst |difference| / "
+            "max(1, max |reference|) over the "
             "output, input and parameter gradients and running statistics of a float64 "
             f"training step, and the float32 eval output (batch {settings['batch']}, "
             f"{settings['size']}x{settings['size']}). CPU step speed-up: median float32 training "
@@ -171,7 +176,7 @@ def section(zoo):
 def _selected(spec, libraries):
     wanted = None if spec == "all" else set(spec.split(","))
     chosen = []
-    for library, name in zoo.ZOO + zoo.NORM_ZOO:
+    for library, name in zoo.ZOO + zoo.NORM_ZOO + zoo.DIFFUSERS_ZOO:
         if wanted is not None and name not in wanted and f"{library}/{name}" not in wanted:
             continue
         if isinstance(libraries[library], str):
@@ -193,16 +198,20 @@ def main(argv=None):
     parser.add_argument("--gpu-size", type=int, default=224)
     parser.add_argument("--gpu-steps", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's)")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--json-name", default=JSON_NAME)
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     libraries = zoo.import_libraries()
     if all(isinstance(v, str) for v in libraries.values()):
-        print(f"model_zoo: skipped: {libraries['torchvision']}; {libraries['timm']}")
+        print(f"model_zoo: skipped: {'; '.join(libraries.values())}")
         return None
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch.cuda.is_available() is False")
     rows = []
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "json_name")}
     for library, name in _selected(args.models, libraries):
         row = run_model(libraries, library, name, args)
         rows.append(row)
@@ -211,7 +220,7 @@ def main(argv=None):
               f"{row['exactness']['eval_float32'][1]:.1e}, CPU step {row['cpu']['speedup']:.2f}x",
               flush=True)
         # Written after each model, so that an interrupted run keeps what it measured.
-        path = save_json(args.out, JSON_NAME, {"settings": settings, "rows": rows})
+        path = save_json(args.out, args.json_name, {"settings": settings, "rows": rows})
     print(format_table(rows))
     print(f"model_zoo: wrote {path}" if rows else "model_zoo: no model selected")
     return rows

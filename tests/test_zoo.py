@@ -28,7 +28,7 @@ SUBSET = {
 # Why the others are left: the other operand of an add already fused into another BatchNorm
 # (a downsample shortcut), an output that also feeds the next block (2 users), or a convolution
 # or stochastic depth after it.
-LEFT_BECAUSE = re.compile(r"its output is the residual of |the BatchNorm output has 2 users |"
+LEFT_BECAUSE = re.compile(r"its output is the residual of |the \w+ output has 2 users |"
                           r"followed by \S+ \((Conv2d|StochasticDepth)\)")
 
 
@@ -104,7 +104,7 @@ NORM_CASES = {
     ("timm", "resnetv2_50x1_bit"): (49, 49),
     ("torchvision", "convnext_tiny"): (0, 23),
 }
-NORM_LEFT_BECAUSE = re.compile(r"followed by \S+ \((Conv2d|Flatten)\)|the BatchNorm output has 2 users |"
+NORM_LEFT_BECAUSE = re.compile(r"followed by \S+ \((Conv2d|Flatten)\)|the \w+ output has 2 users |"
                                r"its output is the residual of |LayerNorm normalises the last dimension")
 
 

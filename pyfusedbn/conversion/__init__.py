@@ -4,9 +4,13 @@
     print(model.pyfusedbn_report)           # what was fused, what was left and why
 
 Patterns are found with torch.fx where the model traces (the result is then a
-torch.fx.GraphModule with the same parameters, buffers and state_dict keys), and by module order
-inside nn.Sequential where it does not (the model keeps its classes). Each function returns the
-model and attaches a ConversionReport to it as `model.pyfusedbn_report`.
+torch.fx.GraphModule with the same parameters, buffers and state_dict keys). Where it does not:
+in its largest traceable submodules (with their untraceable descendants called whole), with one
+graph per None pattern of a submodule's arguments where its graph depends on them
+(none_patterns.py), in the source of an untraceable forward for norm + activation children
+applied one after the other (siblings.py), and by module order inside nn.Sequential (the model
+keeps its classes). Each function returns the model and attaches a ConversionReport to it as
+`model.pyfusedbn_report`.
 """
 import copy
 from dataclasses import dataclass, field
@@ -14,7 +18,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import folding, fx_passes, module_swap, sequential
+from . import folding, fx_passes, module_swap, none_patterns, sequential, siblings
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -48,45 +52,111 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
     report = ConversionReport(operation)
     norms = ([(name, m) for name, m in model.named_modules() if module_swap.is_norm_layer(m)]
              if operation == "convert" else [])
+    if operation == "revert":
+        _revert_dispatching(model, report)
     gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
         graph_pass(gm, report)
         model = gm
     else:
-        traced = _traced_parts(operation, model, graph_pass, report) if trace else set()
+        untraceable = {}
+        traced = (_traced_parts(operation, model, graph_pass, report, untraceable)
+                  if trace else set())
+        if operation == "convert":
+            _convert_siblings(model, report, untraceable)
         report.method = (f"found with torch.fx in its largest traceable submodules (now "
                          f"torch.fx.GraphModules where fused) and by module order inside "
                          f"nn.Sequential elsewhere ({untraced})")
         sequential.sequential_pass(model, report, sequential_rewrite,
-                                   lambda m: wanted(m) and id(m) not in traced, untraced, alone)
+                                   lambda m: wanted(m) and id(m) not in traced,
+                                   _untraced_reason(untraceable, untraced, trace), alone)
     _report_the_rest(report, norms)
     setattr(model, REPORT_ATTRIBUTE, report)
     return model
 
 
-def _traced_parts(operation, model, graph_pass, report, prefix=""):
+def _traced_parts(operation, model, graph_pass, report, untraceable, prefix=""):
     """Where the model does not trace: its largest traceable submodules (recursively), each
-    rewritten as a GraphModule where the pass changed something. The ids of their modules."""
+    rewritten as a GraphModule where the pass changed something; a submodule whose own forward
+    traces once its untraceable descendants are called whole is rewritten so too (or, for
+    convert, one graph per None pattern of its arguments: none_patterns). The ids of the modules
+    whose norms the pass saw; untraceable collects id(module) -> (name, why not) of the rest."""
     traced = set()
     uses = sequential.registrations(model)
     for name, child in list(model.named_children()):
         if uses[id(child)] > 1 or not any(True for _ in child.children()):
             continue  # shared: replacing it would split it; a leaf holds no pattern
-        plain_sequential = type(child) is nn.Sequential  # module order handles it, as before
-        gm = None if plain_sequential else fx_passes.trace_for_any_inputs(child)
-        if gm is None:
-            traced |= _traced_parts(operation, child, graph_pass, report, f"{prefix}{name}.")
+        if type(child) is nn.Sequential:  # module order handles it, as before
+            traced |= _traced_parts(operation, child, graph_pass, report, untraceable,
+                                    f"{prefix}{name}.")
             continue
+        leaves = frozenset()
+        gm, why = fx_passes.trace_for_any_inputs(child)
+        if gm is None:
+            traced |= _traced_parts(operation, child, graph_pass, report, untraceable,
+                                    f"{prefix}{name}.")
+            leaves = frozenset(i for i in untraceable if i in {id(m) for m in child.modules()})
+            gm, _ = fx_passes.trace_for_any_inputs(child, leaves) if leaves else (None, why)
         part = ConversionReport(operation)
-        graph_pass(gm, part)
-        traced |= {id(m) for m in child.modules()} | {id(m) for m in gm.modules()}
-        report.fused += [(f"{prefix}{name}.{n}", what) for n, what in part.fused]
-        report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in part.skipped]
-        if part.fused:
+        if gm is None:
+            per_pattern = (none_patterns.convert_per_pattern(child, graph_pass, leaves)
+                           if operation == "convert" else None)
+            if per_pattern is None:
+                untraceable[id(child)] = (f"{prefix}{name}", why)
+                continue
+            part.fused, part.skipped = per_pattern
+        else:
+            graph_pass(gm, part)
+        called_whole = {id(m) for leaf in child.modules() if id(leaf) in leaves
+                        for m in leaf.modules()}
+        traced |= {id(m) for m in child.modules()} - called_whole
+        seen = {n for n, _ in report.fused + report.skipped}
+        report.fused += [(f"{prefix}{name}.{n}", what) for n, what in part.fused
+                         if f"{prefix}{name}.{n}" not in seen]
+        report.skipped += [(f"{prefix}{name}.{n}", why) for n, why in part.skipped
+                           if f"{prefix}{name}.{n}" not in seen]
+        if gm is not None and part.fused:
+            traced |= {id(m) for m in gm.modules()} - called_whole
             _keep_what_callers_read(child, gm)
             setattr(model, name, gm)
     return traced
+
+
+def _untraced_reason(untraceable, model_reason, traced):
+    """name -> why a norm layer that no traced graph holds was not fused: the nearest module
+    around it that torch.fx could not trace (else the model), with why."""
+    reasons = dict(untraceable.values())
+
+    def reason(norm_name):
+        if not traced:
+            return ("in no nn.Sequential where module order would show an activation after it "
+                    "(trace=False: torch.fx was not used)")
+        around = max((n for n in reasons if norm_name.startswith(n + ".")), key=len, default=None)
+        who, why = (around, reasons[around]) if around else ("the model", model_reason)
+        return (f"inside {who} ({why}), and in no nn.Sequential where module order would show "
+                f"an activation after it")
+    return reason
+
+
+def _convert_siblings(model, report, untraceable):
+    """In the forward of the model and of each module that does not trace: norm + activation
+    children applied one after the other (siblings.py)."""
+    uses = sequential.registrations(model)
+    for name, module in list(model.named_modules()):
+        if module is model or id(module) in untraceable:
+            report.fused += [(f"{name}.{n}" if name else n, what)
+                             for n, what in siblings.convert_siblings(module, uses)]
+
+
+def _revert_dispatching(model, report):
+    """The modules convert fused one graph per None pattern, or by reading their forward's
+    source, get their norms, activations and class back."""
+    report.fused += siblings.revert_siblings(model)
+    for name, module in list(model.named_modules()):
+        if none_patterns.is_dispatching(module):
+            report.fused += [(f"{name}.{n}" if name else n, what)
+                             for n, what in none_patterns.revert_dispatching(module)]
 
 
 def _keep_what_callers_read(child, gm):

@@ -18,10 +18,26 @@ from .torch_activations import (NotFusable, function_activation, method_activati
                                 module_activation)
 
 
+# A module convert fused with one graph per None pattern of its arguments (none_patterns.py) has a
+# class recording the class it replaced, here: tracing it would freeze one pattern.
+ORIGINAL_CLASS = "_pyfusedbn_original_class"
+
+
+def is_dispatching(module):
+    return ORIGINAL_CLASS in vars(type(module))
+
+
 class _Tracer(fx.Tracer):
+    """leaves: ids of modules called as they are (those that do not trace themselves)."""
+
+    def __init__(self, leaves=frozenset()):
+        super().__init__()
+        self.leaves = leaves
+
     def is_leaf_module(self, module, qualified_name):
         # Norm layers are kept whole (not traced into F.batch_norm) so they can be fused.
-        return (is_fused(module) or is_kept_whole_when_tracing(module)
+        return (id(module) in self.leaves or is_dispatching(module) or is_fused(module)
+                or is_kept_whole_when_tracing(module)
                 or is_convertible_norm(module)
                 or super().is_leaf_module(module, qualified_name))
 
@@ -48,9 +64,12 @@ def _without_varargs(cls):
     return type(cls.__name__, (cls,), {"forward": scope["forward"]})
 
 
-def trace(model):
+def trace(model, concrete_args=None, whole_state=True, leaves=frozenset()):
     """(GraphModule, None), or (None, why not). The model is traced in train and in eval mode:
-    a forward that branches on self.training would be frozen into one mode by tracing."""
+    a forward that branches on self.training would be frozen into one mode by tracing.
+    concrete_args: arguments traced as these values (None: a caller's None). whole_state: the
+    graph must use every parameter and buffer (the GraphModule then replaces the model).
+    leaves: ids of submodules called as they are, not traced into."""
     modes = {m: m.training for m in model.modules()}
     cls, named_only = type(model), _without_varargs(type(model))
     try:
@@ -59,7 +78,7 @@ def trace(model):
             model.__class__ = named_only
         for training in (True, False):
             model.train(training)
-            graphs.append(_Tracer().trace(model))
+            graphs.append(_Tracer(leaves).trace(model, concrete_args=concrete_args))
     except Exception as e:  # fx raises many types; any of them means "does not trace"
         first_line = (str(e).strip().splitlines() or [""])[0]
         return None, f"torch.fx could not trace it: {type(e).__name__}: {first_line}"
@@ -70,7 +89,7 @@ def trace(model):
     if _source_without_contiguous(graphs[0]) != _source_without_contiguous(graphs[1]):
         return None, "its forward depends on self.training, which tracing would freeze"
     gm = fx.GraphModule(model, graphs[1], type(model).__name__)
-    if set(gm.state_dict()) != set(model.state_dict()):
+    if whole_state and set(gm.state_dict()) != set(model.state_dict()):
         return None, "its traced graph does not use every parameter and buffer"
     for name, m in gm.named_modules():
         try:
@@ -80,34 +99,46 @@ def trace(model):
     return gm, None
 
 
-def trace_for_any_inputs(module):
-    """trace(module)'s GraphModule if its graph holds whatever its callers pass, else None.
-    A submodule's callers may pass None (diffusers' Decoder calls ResnetBlock2D with temb=None):
-    tracing sees a tensor there, and `temb is not None` is then always true. So the graph must
-    be the same with each argument after the first concretely None."""
-    gm, _ = trace(module)
+def trace_for_any_inputs(module, leaves=frozenset()):
+    """(trace(module)'s GraphModule, None) if its graph holds whatever its callers pass, else
+    (None, why not). A submodule's callers may pass None (diffusers' Decoder calls ResnetBlock2D
+    with temb=None): tracing sees a tensor there, and `temb is not None` is then always true. So
+    the graph must be the same with each argument after the first concretely None."""
+    gm, why = trace(module, leaves=leaves)
     if gm is None:
-        return None
-    expected = _operations(gm.graph)
+        return None, why
     cls, named_only = type(module), _without_varargs(type(module))
     names = [n.target for n in gm.graph.nodes if n.op == "placeholder"][1:]
     try:
         if named_only is not None:
             module.__class__ = named_only
         for name in names:
-            if _operations(_Tracer().trace(module, concrete_args={name: None})) != expected:
-                return None
-    except Exception:  # a forward that fails with None is not sensitive to None here
-        pass
+            try:
+                graph = _Tracer(leaves).trace(module, concrete_args={name: None})
+            except Exception as e:  # the tensor's graph would be a guess for a caller's None
+                return None, f"it does not trace with {name} None: {type(e).__name__}: {e}"
+            if _operations(graph) != _operations(gm.graph, none=name):
+                return None, f"its traced graph depends on whether {name} is None"
     finally:
         module.__class__ = cls
-    return gm
+    return gm, None
 
 
-def _operations(graph):
-    """What a graph computes, without its inputs (a concrete input adds assertion nodes)."""
-    return [(n.op, str(n.target)) for n in graph.nodes
+def _operations(graph, none=None):
+    """What a graph computes, without its inputs (a concrete input adds assertion nodes): each
+    node's op, target and arguments (nodes by position, inputs by name; the input named `none`
+    as None, as a concretely None input appears in the graph traced with it)."""
+    kept = [n for n in graph.nodes
             if n.op not in ("placeholder", "output") and "assert" not in str(n.target)]
+    position = {n: i for i, n in enumerate(kept)}
+
+    def name(node):
+        if node.op == "placeholder":
+            return None if node.target == none else f"input {node.target}"
+        return position.get(node, node.op)
+
+    return [(n.op, str(n.target), repr(fx.node.map_arg((n.args, n.kwargs), name)))
+            for n in kept] + [repr(fx.node.map_arg(graph.output_node().args, name))]
 
 
 def _source_without_contiguous(graph):
@@ -200,7 +231,7 @@ def _residual_operand(add, value):
     first, second = add.args
     other = second if first is value else first
     if table[add.target] and first is not value:
-        raise NotFusable("the in-place add writes into the other operand, not the BatchNorm output")
+        raise NotFusable("the in-place add writes into the other operand, not the norm's output")
     if not isinstance(other, fx.Node) or other is value:
         raise NotFusable("the add's other operand is not a separate tensor")
     return other
@@ -261,7 +292,7 @@ def _fuse(gm, bn_node, modules, calls):
     if has_own_activation(bn) and not is_identity(bn.drop):
         return _fuse_keeping_drop(gm, bn_node, bn)
     _skip_identities(gm, bn_node, modules)
-    user = single_user(bn_node, "the BatchNorm output")
+    user = single_user(bn_node, f"the {type(bn).__name__} output")
     if user.op == "call_module" and is_fused(gm.get_submodule(user.target)) \
             and bn_node is residual_of(user):
         raise NotFusable(f"its output is the residual of {describe(user)}, fused with that add")
@@ -282,7 +313,8 @@ def _fuse(gm, bn_node, modules, calls):
         # The fused op runs where the add was: check nothing in between writes into x.
         between = _nodes_between(bn_node, user)
         if any(u in between and _may_mutate(u, modules) for u in x.users):
-            raise NotFusable("the BatchNorm input may be modified in place before the add")
+            raise NotFusable(f"the {type(bn).__name__} input may be modified in place before "
+                             f"the add")
     set_module(gm, bn_node.target, fused_from_norm(bn, activation, param))
     if residual is None:
         act_node.replace_all_uses_with(bn_node)

@@ -30,7 +30,8 @@ def registrations(model):
 def sequential_pass(model, report, rewrite, wanted, untraced_reason, alone=None):
     """Calls rewrite(seq, keys, i) -> "what it did" (or raises NotFusable) for each module
     seq[keys[i]] satisfying wanted() inside an nn.Sequential, and alone(parent, key) -> what it
-    did, or None, for those outside any; reports every wanted module."""
+    did, or None, for those outside any; reports every wanted module (untraced_reason(name): why
+    one outside any is left)."""
     uses = registrations(model)
     seen = set()
     for prefix, seq in _sequentials(model):
@@ -50,7 +51,7 @@ def sequential_pass(model, report, rewrite, wanted, untraced_reason, alone=None)
     for name, module in list(model.named_modules()):
         if wanted(module) and id(module) not in seen:
             seen.add(id(module))
-            why = f"not inside an nn.Sequential ({untraced_reason})"
+            why = untraced_reason(name)
             try:
                 what = _alone(model, name, alone) if uses[id(module)] == 1 else None
             except NotFusable as e:

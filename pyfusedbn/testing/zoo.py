@@ -1,6 +1,7 @@
-"""The model zoo: classifiers from torchvision and timm (random init, nothing downloaded), how to
-import those libraries, and the training step whose results a converted model must reproduce.
-Shared by benchmarks/model_zoo.py, tests/test_zoo.py and tests/test_timm.py.
+"""The model zoo: classifiers from torchvision and timm, diffusers' UNets and VAE from small
+configs (random init, nothing downloaded), how to import those libraries, and the training step
+whose results a converted model must reproduce. Shared by benchmarks/model_zoo.py,
+tests/test_zoo.py, tests/test_timm.py and tests/test_diffusers.py.
 """
 import importlib.util
 import os
@@ -32,6 +33,56 @@ NORM_ZOO: List[Tuple[str, str]] = [
     ("torchvision", "convnext_tiny"),  # torchvision LayerNorm2d, nn.LayerNorm in the blocks
 ]
 
+# (library, model name): diffusers' GroupNorm + SiLU users, built by build() from the small
+# configs below as a DiffusersSample (image in, image out).
+DIFFUSERS_ZOO: List[Tuple[str, str]] = [
+    ("diffusers", name) for name in ("UNet2DModel", "UNet2DConditionModel", "AutoencoderKL")]
+_DIFFUSERS_SMALL = dict(block_out_channels=(32, 64), norm_num_groups=8)
+# name -> (constructor arguments, image channels).
+_DIFFUSERS_CONFIGS = {
+    "UNet2DModel": (dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                         down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                         up_block_types=("AttnUpBlock2D", "UpBlock2D"), **_DIFFUSERS_SMALL), 3),
+    "UNet2DConditionModel": (dict(sample_size=16, in_channels=4, out_channels=4,
+                                  layers_per_block=1, cross_attention_dim=16,
+                                  attention_head_dim=8,
+                                  down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                  **_DIFFUSERS_SMALL), 4),
+    "AutoencoderKL": (dict(in_channels=3, out_channels=3, latent_channels=4,
+                           down_block_types=("DownEncoderBlock2D",) * 2,
+                           up_block_types=("UpDecoderBlock2D",) * 2, **_DIFFUSERS_SMALL), 3),
+}
+
+
+class DiffusersSample(nn.Module):
+    """A diffusers model as image in, image out: its `.sample` for fixed extra inputs (timestep
+    3, and for UNet2DConditionModel a fixed random text embedding of 5 tokens)."""
+
+    def __init__(self, model, name):
+        super().__init__()
+        self.model, self.name = model, name
+        self.in_channels = _DIFFUSERS_CONFIGS[name][1]
+
+    def extra_inputs(self, x):
+        if self.name == "AutoencoderKL":
+            return ()
+        timestep = torch.tensor([3.0], dtype=x.dtype, device=x.device)
+        if self.name == "UNet2DModel":
+            return (timestep,)
+        text = torch.randn(x.shape[0], 5, self.model.config.cross_attention_dim,
+                           generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+        return timestep, text.to(x.device)
+
+    def forward(self, x):
+        return self.model(x, *self.extra_inputs(x)).sample
+
+
+def in_channels(model) -> int:
+    """The image channels a zoo model takes (3 but for DiffusersSample's)."""
+    return getattr(model, "in_channels", 3) if isinstance(model, DiffusersSample) else 3
+
+
 # torchvision's C++ ops (nms, roi_align, ...) are declared by its compiled library; the fake
 # kernels its Python package registers on import need two of those declarations to exist.
 _TORCHVISION_SCHEMAS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -62,7 +113,7 @@ def _declare_torchvision_ops_if_unloadable():
 
 
 def import_libraries() -> Dict[str, object]:
-    """{"torchvision": module or the reason it did not import, "timm": ...}."""
+    """{"torchvision": module or the reason it did not import, "timm": ..., "diffusers": ...}."""
     libraries = {}
     try:
         _declare_torchvision_ops_if_unloadable()
@@ -70,11 +121,11 @@ def import_libraries() -> Dict[str, object]:
         libraries["torchvision"] = torchvision.models
     except Exception as e:  # ImportError, or a wheel that does not match torch
         libraries["torchvision"] = f"torchvision does not import: {type(e).__name__}: {e}"
-    try:
-        import timm
-        libraries["timm"] = timm
-    except Exception as e:
-        libraries["timm"] = f"timm does not import: {type(e).__name__}: {e}"
+    for name in ("timm", "diffusers"):
+        try:
+            libraries[name] = importlib.import_module(name)
+        except Exception as e:
+            libraries[name] = f"{name} does not import: {type(e).__name__}: {e}"
     return libraries
 
 
@@ -85,6 +136,8 @@ def build(libraries, library: str, name: str) -> nn.Module:
         raise RuntimeError(module)
     if library == "timm":
         return module.create_model(name, pretrained=False)
+    if library == "diffusers":
+        return DiffusersSample(getattr(module, name)(**_DIFFUSERS_CONFIGS[name][0]), name)
     kwargs = {"weights": None}
     if name == "googlenet":  # one output in training mode too; its old init is slow and warns
         kwargs.update(aux_logits=False, init_weights=True)
