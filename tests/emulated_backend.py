@@ -1,8 +1,10 @@
 """Loads the emulated CUDA backend (tools/cuda_emulator/build.py's build_backend) as
 pyfusedbn._C, for tests only: the CUDA bindings' host code and csrc/cuda's kernels, run by the
 CUDA execution emulator over CPU memory and registered for CPU tensors, behind the unchanged
-Python layer. Must run before anything imports pyfusedbn, in a process of its own (the normal
-_C and this one define the same op library): `make test-emulated-backend`."""
+Python layer. Must run before anything imports pyfusedbn (tests/conftest.py does), in a process of its own
+(the normal _C and this one define the same op library), so it is loaded as a pytest plugin:
+`PYTHONPATH=tests python -m pytest -p emulated_backend tests/test_emulated_backend.py`
+(`make test-emulated-backend`). PYFUSEDBN_EMU_SANITIZE=1: built with ASan + UBSan."""
 import importlib.util
 import os
 import sys
@@ -31,3 +33,7 @@ def load():
     sys.modules["pyfusedbn._C"] = module
     spec.loader.exec_module(module)
     return torch.ops.pyfusedbn_emulator
+
+
+if __name__ != "__main__":
+    load()  # as a pytest plugin (-p emulated_backend): before conftest imports pyfusedbn
