@@ -23,15 +23,17 @@ from group_norm_cases import GROUP_CASES, check_against_float64  # noqa: E402
 from helpers import TOLERANCE, assert_close, random_input, reference_batch_norm_act  # noqa: E402
 from test_parity import PARAMS, make_module, run_steps  # noqa: E402
 
-# The CPU suite's tests, run here on the emulated CUDA backend (each at its own small shapes).
+import test_gradcheck as gradcheck_tests  # noqa: E402
+import test_group_norm_ops as group_norm_ops_tests  # noqa: E402
+import test_memory_efficient as memory_efficient_tests  # noqa: E402
+# The CPU suite's tests that are small already, run here on the emulated CUDA backend as they are.
 from test_parity import (test_functional_training_with_given_running_stats,  # noqa: E402,F401
                          test_matches_torch_module_over_steps, test_module_options)
-from test_gradcheck import test_gradcheck, test_gradgradcheck_eval_no_affine  # noqa: E402,F401
-from test_memory_efficient import (test_inplace_aliases_input, test_module_options as  # noqa: E402,F401
-                                   test_memory_efficient_module_options, test_no_grad_and_double_backward,
-                                   test_same_as_normal_mode_and_torch, test_tiny_weight_clamp)
+from test_gradcheck import test_gradgradcheck_eval_no_affine  # noqa: E402,F401
+from test_memory_efficient import (test_inplace_aliases_input, test_no_grad_and_double_backward,  # noqa: E402,F401
+                                   test_tiny_weight_clamp)
+from test_memory_efficient import test_module_options as test_memory_efficient_module_options  # noqa: E402,F401
 from test_group_norm_parity import test_empty_batch, test_every_activation, test_without_affine  # noqa: E402,F401
-from test_group_norm_ops import test_gradcheck as test_group_norm_gradcheck  # noqa: E402,F401
 from test_group_norm_ops import test_gradcheck_instance_and_layer_norm  # noqa: E402,F401
 
 # (SM count, occupancy answer, order): the emulated devices a test may run on.
@@ -61,15 +63,43 @@ def test_the_cuda_bindings_run():
     assert ops.kernel_calls("cuda") > calls and EMULATOR.launches() > launches
 
 
-@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("memory_format", [NCHW, NHWC], ids=["nchw", "nhwc"])
-@pytest.mark.parametrize("activation", pyfusedbn.ACTIVATION_NAMES)
-def test_batch_norm_every_activation(activation, memory_format, dtype, residual, generator, poison_empty):
-    """test_cuda.py's matrix: two training steps and an eval step against float64."""
+# test_cuda.py's matrix (activation x dtype x layout x residual) in fewer runs: every activation
+# with each (dtype, layout, residual) of COMBINATIONS, and every combination of those for two.
+COMBINATIONS = [(d, f, r) for d in DTYPES for f in (NCHW, NHWC) for r in (False, True)]
+BATCH_NORM_MATRIX = sorted({(a, *COMBINATIONS[(i * 5 + j * 11) % len(COMBINATIONS)])
+                            for i, a in enumerate(pyfusedbn.ACTIVATION_NAMES) for j in range(4)}
+                           | {(a, *c) for a in ("silu", "leaky_relu") for c in COMBINATIONS}, key=str)
+
+
+@pytest.mark.parametrize("activation,dtype,memory_format,residual", BATCH_NORM_MATRIX, ids=str)
+def test_batch_norm_every_activation(activation, dtype, memory_format, residual, generator, poison_empty):
+    """Two training steps and an eval step against float64 (test_parity.run_steps)."""
     module = make_module(4, 6, dtype, generator, activation=activation, activation_param=PARAMS.get(activation))
     run_steps(module, 4, (3, 6, 2, 5), memory_format, dtype, activation, PARAMS.get(activation), residual,
               generator)
+
+
+# The CPU suite's gradchecks (float64) and memory-efficient mode, at fewer activations.
+FEW_ACTIVATIONS = ["identity", "leaky_relu", "silu", "softplus"]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("activation", FEW_ACTIVATIONS)
+def test_gradcheck(activation, training, generator):
+    gradcheck_tests.test_gradcheck(activation, training, generator)
+
+
+@pytest.mark.parametrize("activation", FEW_ACTIVATIONS)
+def test_group_norm_gradcheck(activation, generator):
+    group_norm_ops_tests.test_gradcheck(activation, generator)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", list(memory_efficient_tests.LAYOUTS))
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation,param", memory_efficient_tests.CASES[::2])
+def test_memory_efficient_same_as_normal_mode(activation, param, residual, layout, dtype, generator):
+    memory_efficient_tests.test_same_as_normal_mode_and_torch(activation, param, residual, layout, dtype, generator)
 
 
 def _training_step(x, module):
