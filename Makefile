@@ -21,7 +21,7 @@ build: venv
 # The emulated CUDA suites have their own targets (test-cuda-emulated, test-emulated-backend): they
 # build their own drivers and library.
 NOT_EMULATED := --ignore=tests/test_cuda_emulated.py --ignore=tests/test_cuda_emulated_mutations.py \
-  --ignore=tests/test_emulated_backend.py
+  --ignore=tests/test_emulated_backend.py --ignore=tests/test_emulated_backend_limits.py
 test: build
 	$(PY) -m pytest -q tests $(NOT_EMULATED)
 
@@ -60,18 +60,19 @@ test-cuda-emulated-sanitize: venv
 # tests/emulated_backend.py loads (as a pytest plugin, before conftest imports pyfusedbn) in its
 # own process; tests/test_emulated_backend.py runs the Python layer and the CPU suite's float64
 # checks on it.
-EMULATED_BACKEND = PYTHONPATH=tests:. $(PY) -m pytest -q -p no:cacheprovider -p emulated_backend \
-  tests/test_emulated_backend.py
+# Then GroupNorm with its limits lowered (PYFUSEDBN_EMU_LIMITS=1: its own library and process).
+EMULATED_BACKEND = PYTHONPATH=tests:. $(PY) -m pytest -q -p no:cacheprovider -p emulated_backend
 test-emulated-backend: venv
-	@start=$$(date +%s); $(EMULATED_BACKEND); rc=$$?; echo "test-emulated-backend: $$(( $$(date +%s) - start )) s"; \
-	  exit $$rc
+	@start=$$(date +%s); $(EMULATED_BACKEND) tests/test_emulated_backend.py && \
+	  PYFUSEDBN_EMU_LIMITS=1 $(EMULATED_BACKEND) tests/test_emulated_backend_limits.py; rc=$$?; \
+	  echo "test-emulated-backend: $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # The same built with AddressSanitizer + UndefinedBehaviorSanitizer (build/cuda_emulated_sanitize;
 # python and torch are not instrumented: the ASan runtime is preloaded). Not in CI (time).
 test-emulated-backend-sanitize: venv
 	@start=$$(date +%s); PYFUSEDBN_EMU_SANITIZE=1 LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
 	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-	  $(EMULATED_BACKEND) $(EMULATED_BACKEND_SANITIZE_ARGS); rc=$$?; \
+	  $(EMULATED_BACKEND) $(EMULATED_BACKEND_SANITIZE_ARGS) tests/test_emulated_backend.py; rc=$$?; \
 	  echo "test-emulated-backend-sanitize: $$(( $$(date +%s) - start )) s"; exit $$rc
 EMULATED_BACKEND_SANITIZE_ARGS ?= -x
 

@@ -44,6 +44,15 @@ DRIVERS = {
 }
 # The emulated backend's host sources (relative to csrc/): everything of _C but csrc/cpu.
 BACKEND_HOST_SOURCES = ["common/*.cpp", "batch_norm/*.cpp", "group_norm/*.cpp", "cuda/*.cpp"]  # the bindings (not the .cu.cpp kernel copies)
+# GroupNorm's grid and part limits lowered (as the CPU tests shrink the workspace split), so its
+# grid-stride loops and its batch split's part clamp run at small shapes. Paths relative to csrc/ (the
+# edits of rewrite.copy_tree); tests/test_cuda_emulated.py and the emulated backend's tests use them.
+SHRUNK_LIMITS = [
+    ("cuda/group_norm_device_utils.cuh", "kMaxGridX = 2147483647;", "kMaxGridX = 3;"),
+    ("cuda/group_norm_finalize.cu", "kSamplesPerPart = 1024;", "kSamplesPerPart = 16;"),
+    ("cuda/group_norm_finalize.cu", "kMaxParts = 256;", "kMaxParts = 4;"),
+    ("cuda/group_norm_finalize.cu", "kMaxItemBlocks = 65535;", "kMaxItemBlocks = 3;"),
+]
 DRIVER_DIR = os.path.join("tests", "cuda_emulated")
 INCLUDE = os.path.join(ROOT, "tools", "cuda_emulator", "include")
 RUNTIME = os.path.join(ROOT, "tools", "cuda_emulator", "runtime.cpp")
@@ -127,12 +136,12 @@ def _torch_flags():
     return compile_flags, link_flags
 
 
-def build_backend(build_dir=DEFAULT_BUILD, sanitize=False, jobs=2):
+def build_backend(build_dir=DEFAULT_BUILD, sanitize=False, edits=(), jobs=2):
     """Builds the emulated CUDA backend into build_dir (sharing the drivers' kernel objects) and
     returns the path of its library, build_dir/backend/_C.so."""
     import glob
 
-    build(build_dir, sanitize=sanitize, drivers=("batch_norm_kernels", "group_norm_kernels"), jobs=jobs)
+    build(build_dir, sanitize=sanitize, edits=edits, drivers=("batch_norm_kernels", "group_norm_kernels"), jobs=jobs)
     src_copy = os.path.join(build_dir, "csrc")
     objects_dir = os.path.join(build_dir, "obj")
     torch_compile, torch_link = _torch_flags()
@@ -159,6 +168,42 @@ def build_backend(build_dir=DEFAULT_BUILD, sanitize=False, jobs=2):
     return library
 
 
+def _copy_objects(source, target, only=lambda name: True):
+    """Copies a build directory's tree (or, where target exists, its objects that `only` names),
+    pointing their dependency files at target's copies so that they count as up to date there."""
+    if not os.path.isdir(target):
+        shutil.copytree(source, target, copy_function=shutil.copy2)
+        names = os.listdir(os.path.join(target, "obj"))
+    else:
+        names = [n for n in os.listdir(os.path.join(source, "obj")) if only(n)]
+        for name in names:
+            shutil.copy2(os.path.join(source, "obj", name), os.path.join(target, "obj", name))
+    objects = os.path.join(target, "obj")
+    for dep in names:
+        if dep.endswith(".d"):
+            path = os.path.join(objects, dep)
+            with open(path) as f:
+                text = f.read().replace(source + os.sep, target + os.sep)
+            with open(path, "w") as f:
+                f.write(text)
+            os.utime(path, (os.path.getmtime(path[:-2]),) * 2)
+
+
+def build_backend_variant(name, edits, kernels_from=None, sanitize=False):
+    """build_backend with `edits` applied, in build/NAME: a copy of the drivers' variant build
+    build/KERNELS_FROM made with the same edits (its kernel objects stay valid) or else of the
+    default build, plus the default build's host objects; only what the edits touch recompiles."""
+    base = DEFAULT_BUILD + ("_sanitize" if sanitize else "")
+    variant = os.path.join(os.path.dirname(DEFAULT_BUILD), name)
+    if not os.path.isdir(variant):
+        kernels = os.path.join(os.path.dirname(DEFAULT_BUILD), kernels_from) if kernels_from else base
+        if os.path.isdir(kernels):
+            _copy_objects(kernels, variant)
+        if os.path.isdir(base) and kernels != base:
+            _copy_objects(base, variant, only=lambda n: n.startswith(("host_", "backend_ops.")))
+    return build_backend(variant, sanitize=sanitize, edits=edits)
+
+
 def build_variant(name, edits, drivers=tuple(DRIVERS), sanitize=False):
     """A build with `edits` applied to the copied sources (rewrite.copy_tree), in build/NAME next
     to the default one, starting from a copy of its objects so that only the files depending on
@@ -166,16 +211,7 @@ def build_variant(name, edits, drivers=tuple(DRIVERS), sanitize=False):
     base = DEFAULT_BUILD + ("_sanitize" if sanitize else "")
     variant = os.path.join(os.path.dirname(DEFAULT_BUILD), name)
     if os.path.isdir(base) and not os.path.isdir(variant):
-        shutil.copytree(base, variant, copy_function=shutil.copy2)
-        objects = os.path.join(variant, "obj")
-        for dep in os.listdir(objects):
-            if dep.endswith(".d"):
-                path = os.path.join(objects, dep)
-                with open(path) as f:
-                    text = f.read().replace(base + os.sep, variant + os.sep)
-                with open(path, "w") as f:
-                    f.write(text)
-                os.utime(path, (os.path.getmtime(path[:-2]),) * 2)
+        _copy_objects(base, variant)
     return build(variant, sanitize=sanitize, edits=edits, drivers=drivers)
 
 
