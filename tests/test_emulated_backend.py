@@ -149,8 +149,9 @@ def test_finalize_parameter_and_buffer_dtypes(case, momentum, generator):
         factor = 1.0 / (step + 1) if momentum is None else momentum
         y_ref = reference_batch_norm_act(x.double(), state[2], state[3], state[0], state[1], True, factor, module.eps,
                                          "leaky_relu", None)
+        # The reference reads the same (rounded) parameters; the buffers round to the lower precision.
         tol = TOLERANCE[dtype if buffer_dtype.itemsize > dtype.itemsize else buffer_dtype]
-        assert_close(f"step {step} output", y, y_ref, TOLERANCE[dtype] if dtype.itemsize <= 2 else tol)
+        assert_close(f"step {step} output", y, y_ref, TOLERANCE[dtype])
         assert_close(f"step {step} running_mean", module.running_mean, state[2], tol)
         assert_close(f"step {step} running_var", module.running_var, state[3], tol)
         state[2], state[3] = module.running_mean.double(), module.running_var.double()
