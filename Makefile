@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 JOBS ?= $(shell nproc)
 
-.PHONY: venv build test check-imports test-cuda-emulated test-cuda-emulated-sanitize test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
+.PHONY: venv build test check-imports test-cuda-emulated test-cuda-emulated-sanitize test-emulated-backend test-emulated-backend-sanitize test-sanitize test-lowest-torch test-huge test-zoo zoo-deps bench bench-full bench-deps data cuda-check cuda-build gpu-validate clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: Makefile
@@ -18,8 +18,10 @@ $(VENV)/.installed: Makefile
 build: venv
 	MAX_JOBS=$(JOBS) $(PY) -m pip install -q --no-build-isolation --no-deps -e .
 
-# The emulated CUDA suite has its own target (test-cuda-emulated): it builds its own drivers.
-NOT_EMULATED := --ignore=tests/test_cuda_emulated.py --ignore=tests/test_cuda_emulated_mutations.py
+# The emulated CUDA suites have their own targets (test-cuda-emulated, test-emulated-backend): they
+# build their own drivers and library.
+NOT_EMULATED := --ignore=tests/test_cuda_emulated.py --ignore=tests/test_cuda_emulated_mutations.py \
+  --ignore=tests/test_emulated_backend.py --ignore=tests/test_emulated_backend_limits.py
 test: build
 	$(PY) -m pytest -q tests $(NOT_EMULATED)
 
@@ -51,6 +53,28 @@ test-cuda-emulated: venv
 test-cuda-emulated-sanitize: venv
 	@start=$$(date +%s); PYFUSEDBN_EMU_SANITIZE=1 $(PY) -m pytest -q -p no:cacheprovider --noconftest \
 	  tests/test_cuda_emulated.py; rc=$$?; echo "test-cuda-emulated-sanitize: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The CUDA backend's host code without a GPU: tools/cuda_emulator/build.py --backend links the
+# CUDA bindings, csrc/common, batch_norm and group_norm with the emulated kernels (sharing
+# build/cuda_emulated's objects) into a test-only pyfusedbn._C registered for CPU tensors, which
+# tests/emulated_backend.py loads (as a pytest plugin, before conftest imports pyfusedbn) in its
+# own process; tests/test_emulated_backend.py runs the Python layer and the CPU suite's float64
+# checks on it.
+# Then GroupNorm with its limits lowered (PYFUSEDBN_EMU_LIMITS=1: its own library and process).
+EMULATED_BACKEND = PYTHONPATH=tests:. $(PY) -m pytest -q -p no:cacheprovider -p emulated_backend
+test-emulated-backend: venv
+	@start=$$(date +%s); $(EMULATED_BACKEND) tests/test_emulated_backend.py && \
+	  PYFUSEDBN_EMU_LIMITS=1 $(EMULATED_BACKEND) tests/test_emulated_backend_limits.py; rc=$$?; \
+	  echo "test-emulated-backend: $$(( $$(date +%s) - start )) s"; exit $$rc
+
+# The same built with AddressSanitizer + UndefinedBehaviorSanitizer (build/cuda_emulated_sanitize;
+# python and torch are not instrumented: the ASan runtime is preloaded). Not in CI (time).
+test-emulated-backend-sanitize: venv
+	@start=$$(date +%s); PYFUSEDBN_EMU_SANITIZE=1 LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libstdc++.so)" \
+	  ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  $(EMULATED_BACKEND) $(EMULATED_BACKEND_SANITIZE_ARGS) tests/test_emulated_backend.py; rc=$$?; \
+	  echo "test-emulated-backend-sanitize: $$(( $$(date +%s) - start )) s"; exit $$rc
+EMULATED_BACKEND_SANITIZE_ARGS ?= -x
 
 # The lowest torch pyproject.toml supports, in its own venv and build directory: the CPU suite
 # less its long tail (the full matrix runs on TORCH_VERSION in `make test`).

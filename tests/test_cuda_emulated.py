@@ -28,14 +28,7 @@ RUNS = [(1, ORDERS), (4, ["random:2"]), (108, ["random:3"]), (132, ORDERS)]
 if SANITIZE:  # several times slower: each driver once at each extreme
     RUNS = [(1, ["random:1"]), (132, ["forward"])]
 SANITIZE_ENV = {"ASAN_OPTIONS": "detect_leaks=0", "UBSAN_OPTIONS": "print_stacktrace=1"}
-# GroupNorm's grid and part limits lowered (as the CPU tests shrink the workspace split), so its
-# grid-stride loops and its batch split's part clamp run at small shapes. Paths relative to csrc/.
-SHRUNK_LIMITS = [
-    ("cuda/group_norm_device_utils.cuh", "kMaxGridX = 2147483647;", "kMaxGridX = 3;"),
-    ("cuda/group_norm_finalize.cu", "kSamplesPerPart = 1024;", "kSamplesPerPart = 16;"),
-    ("cuda/group_norm_finalize.cu", "kMaxParts = 256;", "kMaxParts = 4;"),
-    ("cuda/group_norm_finalize.cu", "kMaxItemBlocks = 65535;", "kMaxItemBlocks = 3;"),
-]
+SHRUNK_LIMITS = emu_build.SHRUNK_LIMITS
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,9 @@
       -> a per-block ::emu::SharedSite per declarator (cuda_emu/runtime.h)
   __global__ void name(...) {
       -> the body first calls ::emu::kernel_entered("name")
+and in the CUDA folder's .cpp files (the torch bindings, built only into the emulated backend)
+  TORCH_LIBRARY_IMPL(ns, CUDA, m)  ->  TORCH_LIBRARY_IMPL(ns, CPU, m)
+so that the CUDA bindings' host code and kernels serve CPU tensors (build.py's build_backend).
 Line numbers are kept (a `#line` names the original file), so the emulator's messages point at
 csrc. `.cu` files are copied as `.cu.cpp` for g++. Never edits the sources it reads."""
 import os
@@ -15,6 +18,7 @@ import sys
 
 SHARED = re.compile(r"__shared__\s+([^;]*?)\s*;")
 GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
+REGISTRATION = re.compile(r"(TORCH_LIBRARY_IMPL\(\s*\w+\s*,\s*)CUDA(\s*,)")
 
 
 def _declarators(text):
@@ -107,6 +111,14 @@ def mark_kernels(src):
     return "".join(out)
 
 
+def register_as_cpu(src):
+    """The CUDA bindings' registrations under the CPU dispatch key (the emulated backend)."""
+    out, count = REGISTRATION.subn(r"\1CPU\2", src)
+    if count == 0:
+        raise ValueError("no TORCH_LIBRARY_IMPL(..., CUDA, ...) block to register as CPU")
+    return out
+
+
 def rewrite(src, origin):
     return f'#line 1 "{origin}"\n' + rewrite_launches(mark_kernels(SHARED.sub(_shared, src)))
 
@@ -132,6 +144,9 @@ def copy_tree(src_root, dst_root, cuda_dir, edits=()):
             if is_cuda and name.endswith((".cu", ".cuh", ".h")):
                 origin = os.path.join(os.path.basename(src_root), rel)
                 text = rewrite(text, origin)
+            elif is_cuda and name.endswith(".cpp"):
+                origin = os.path.join(os.path.basename(src_root), rel)
+                text = f'#line 1 "{origin}"\n' + register_as_cpu(text)
             target = os.path.join(dst_root, rel + (".cpp" if name.endswith(".cu") else ""))
             old_text = None
             if os.path.exists(target):
