@@ -11,9 +11,10 @@ without a GPU. Two cases, fused (pyfusedbn) against eager torch:
     ConvNet of benchmarks/models.py (batch 4, 1x16x16), norm="fused" against norm="torch".
 Ops: the aten::/pyfusedbn:: events of torch.profiler's key_averages() for one call after a
 warm-up, nested ops counted (an op that calls another counts twice: both are dispatches).
-Host time: median over repeats of the call (and the ratio of the fastest repeats), at --threads
-threads (1 by default: the host cost of dispatch, not the kernels' parallel speed). Results: a
-table on stdout and <out>/host_overhead.json.
+Host time: median over repeats of the call (and the ratio of the fastest repeats, and of the
+calling thread's CPU time, which a busy machine's preemptions leave out), at --threads threads (1
+by default: the host cost of dispatch, not the kernels' parallel speed). Results: a table on
+stdout and <out>/host_overhead.json; `make bench` runs it too (benchmarks/run.py).
 """
 import argparse
 from typing import Callable, Dict
@@ -26,8 +27,10 @@ from pyfusedbn.testing import LAYER_SHAPE, count_ops, layer_steps
 from .common.results import save_json
 from .common.timing import time_contenders
 from .models import ConvNet
+from .tables import host_overhead_table
 
 MODEL_INPUT = (4, 1, 16, 16)
+JSON_NAME = "host_overhead.json"
 
 
 def model_steps(seed: int = 0) -> Dict[str, Callable[[], None]]:
@@ -59,11 +62,26 @@ def measure(steps: Dict[str, Callable[[], None]], repeats: int) -> dict:
         total, per_op = count_ops(fn)
         out[name] = {"ops": total, "per_op": per_op, "host_s": timings[name].summary()}
     out["ops_ratio"] = out["fused"]["ops"] / out["eager"]["ops"]
-    out["host_ratio"] = out["fused"]["host_s"]["median_s"] / out["eager"]["host_s"]["median_s"]
+    fused, eager = out["fused"]["host_s"], out["eager"]["host_s"]
+    out["host_ratio"] = fused["median_s"] / eager["median_s"]
     # The fastest repeat is what the host needs when nothing else runs (a shared machine's
-    # preemptions only add time): printed beside the median.
-    out["host_ratio_min"] = out["fused"]["host_s"]["min_s"] / out["eager"]["host_s"]["min_s"]
+    # preemptions only add time), and the thread's CPU time leaves them out too: both printed
+    # beside the median.
+    out["host_ratio_min"] = fused["min_s"] / eager["min_s"]
+    out["host_ratio_cpu"] = fused["cpu_median_s"] / eager["cpu_median_s"]
     return out
+
+
+def run(repeats: int = 15, threads: int = 1) -> dict:
+    """Both cases at `threads` torch threads (the caller's setting is restored)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cases = {f"layer BatchNormAct2d(16) {LAYER_SHAPE} fwd+bwd": measure(layer_steps(), repeats),
+                 f"model ConvNet {MODEL_INPUT} train step": measure(model_steps(), repeats)}
+    finally:
+        torch.set_num_threads(previous)
+    return {"threads": threads, "repeats": repeats, "cases": cases}
 
 
 def main(argv=None) -> dict:
@@ -72,23 +90,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = {f"layer BatchNormAct2d(16) {LAYER_SHAPE} fwd+bwd": measure(layer_steps(), args.repeats),
-             f"model ConvNet {MODEL_INPUT} train step": measure(model_steps(), args.repeats)}
+    result = run(args.repeats, args.threads)
     print(f"host overhead, CPU, {args.threads} thread(s), torch {torch.__version__}")
-    print(f"{'case':46} {'ops fused':>9} {'ops eager':>9} {'ratio':>6} "
-          f"{'host fused':>11} {'host eager':>11} {'ratio':>6} {'ratio of min':>12}")
-    for case, r in cases.items():
-        fused, eager = r["fused"]["host_s"]["median_s"], r["eager"]["host_s"]["median_s"]
-        print(f"{case:46} {r['fused']['ops']:9d} {r['eager']['ops']:9d} {r['ops_ratio']:6.2f} "
-              f"{fused * 1e6:9.1f}us {eager * 1e6:9.1f}us {r['host_ratio']:6.2f} "
-              f"{r['host_ratio_min']:12.2f}")
-    layer = next(iter(cases.values()))
+    print(host_overhead_table(result))
+    layer = next(iter(result["cases"].values()))
     print("layer ops, fused:", ", ".join(f"{k} {v}" for k, v in layer["fused"]["per_op"].items()))
     print("layer ops, eager:", ", ".join(f"{k} {v}" for k, v in layer["eager"]["per_op"].items()))
-    path = save_json(args.out, "host_overhead.json", {"threads": args.threads, "cases": cases})
+    path = save_json(args.out, JSON_NAME, result)
     print(f"wrote {path}")
-    return cases
+    return result["cases"]
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Dict, List, Optional
 
-from . import model_zoo as model_zoo_section, tables
+from . import host_overhead, model_zoo as model_zoo_section, tables
 from .common.results import load_json
 from .plots import all_plots
 from .study_axes_report import axes_paragraph, axes_tables, headline_text
@@ -62,6 +62,28 @@ def _microbench_section(microbench: dict, plots: Dict[str, str]) -> List[str]:
     image = _image(plots, "speedup", "speed-up over eager")
     if image:
         lines += ["", image]
+    return lines
+
+
+def _cpu_sections(dtypes: Optional[dict], host: Optional[dict]) -> List[str]:
+    lines = []
+    if dtypes:
+        lines += ["## CPU: float32, bfloat16 and float16", "",
+                  f"Fused `BatchNormAct2d` vs eager `nn.BatchNorm2d` + `nn.ReLU`, training "
+                  f"forward+backward, batch {dtypes['batch']}, ResNet-50 BatchNorm shapes, "
+                  f"{dtypes['threads']} threads, median of {dtypes['repeats']} repeats (both "
+                  "timed round-robin in one process: `python -m benchmarks.cpu_dtypes`). % copy "
+                  "BW: the fused step's compulsory bytes (8 tensors, as in the microbenchmarks) "
+                  "per second against a `Tensor.copy_` of the same dtype.", "",
+                  tables.cpu_dtypes_table(dtypes), ""]
+    if host:
+        lines += ["## Host overhead", "",
+                  f"Ops dispatched (torch profiler) and host time per call at {host['threads']} "
+                  f"thread(s), median of {host.get('repeats', 15)} repeats: wall time, the ratio of the "
+                  "fastest repeats, and the calling thread's CPU time (which leaves out the time "
+                  "other processes took the core). Layer: one training forward+backward; model: a "
+                  "whole SGD step (`python -m benchmarks.host_overhead`).", "",
+                  tables.host_overhead_table(host), ""]
     return lines
 
 
@@ -165,8 +187,8 @@ def _study_section(study: dict, plots: Dict[str, str], published: Optional[dict]
 
 def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = None,
                  published_dir: Optional[str] = None) -> str:
-    """REPORT.md from whichever of microbench.json, train.json, study.json, model_zoo.json exist
-    in out_dir; the study's section also quotes the committed full run (published_dir, default
+    """REPORT.md from whichever of microbench.json, cpu_dtypes.json, host_overhead.json,
+    train.json, study.json, model_zoo.json exist in out_dir; the study's section also quotes the committed full run (published_dir, default
     benchmarks/published/study/) unless out_dir is that run."""
     microbench = load_json(out_dir, "microbench.json")
     train = load_json(out_dir, "train.json")
@@ -199,6 +221,8 @@ def write_report(out_dir: str, plots: bool = True, run_info: Optional[dict] = No
                   "forward alone, fwd_bwd forward+backward.", "",
                   tables.microbench_table(microbench, headline_only=True), ""]
         lines += _microbench_section(microbench, made) + [""]
+    lines += _cpu_sections(load_json(out_dir, "cpu_dtypes.json"),
+                           load_json(out_dir, host_overhead.JSON_NAME))
     if train:
         lines += _train_section(train, made) + [""]
     if study:

@@ -1,5 +1,6 @@
-"""Markdown tables of the stages' results: microbenchmark, training benchmark, training study (no
-plotting here: this runs without matplotlib)."""
+"""Markdown tables of the stages' results: microbenchmark, CPU dtypes, host overhead, training
+benchmark, training study (no plotting here: this runs without matplotlib)."""
+import math
 from collections import OrderedDict
 from typing import List
 
@@ -101,3 +102,46 @@ def study_tables(result: dict) -> str:
     if result["runs"]:
         out.append(grid_tables(result))
     return "\n\n".join(out)
+
+
+def _geometric_mean(values) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def cpu_dtypes_table(result: dict) -> str:
+    """benchmarks.cpu_dtypes: one line per (shape, layout, dtype), then per dtype the minimum and
+    geometric mean speed-up. % copy BW: the fused step's bytes moved / its median time, against
+    the measured copy bandwidth of the same dtype (when the result holds it)."""
+    rows = [["x".join(map(str, row["shape"][1:])), row["layout"], row["dtype"],
+             fmt(row["eager_ms"]), fmt(row["fused_ms"]), f"**{row['speedup']:.2f}x**",
+             fmt(row.get("gbps")), fmt(row.get("pct_copy_bw"), 2)] for row in result["rows"]]
+    header = ["shape (CxHxW)", "layout", "dtype", "eager ms", "fused ms", "fused speed-up",
+              "fused GB/s", "% copy BW"]
+    lines = [markdown_table(header, rows, "lllrrrrr"), ""]
+    bandwidth = result.get("copy_bandwidth") or {}
+    for dtype in OrderedDict.fromkeys(row["dtype"] for row in result["rows"]):
+        ups = [row["speedup"] for row in result["rows"] if row["dtype"] == dtype]
+        copy = (f"; copy bandwidth {bandwidth[dtype]['gbps']:.1f} GB/s" if dtype in bandwidth
+                else "")
+        lines.append(f"- {dtype}: speed-up min {min(ups):.2f}x, geometric mean "
+                     f"{_geometric_mean(ups):.2f}x over {len(ups)} rows{copy}")
+    return "\n".join(lines)
+
+
+def _us(seconds) -> str:
+    return "—" if seconds is None else f"{seconds * 1e6:.1f}"
+
+
+def host_overhead_table(result: dict) -> str:
+    """benchmarks.host_overhead: ops dispatched and host time per call, fused vs eager."""
+    rows = []
+    for case, r in result["cases"].items():
+        fused, eager = r["fused"]["host_s"], r["eager"]["host_s"]
+        rows.append([case, r["fused"]["ops"], r["eager"]["ops"], f"{r['ops_ratio']:.2f}",
+                     _us(fused["median_s"]), _us(eager["median_s"]),
+                     f"**{r['host_ratio']:.2f}**", f"{r['host_ratio_min']:.2f}",
+                     _us(fused.get("cpu_median_s")), _us(eager.get("cpu_median_s")),
+                     fmt(r.get("host_ratio_cpu"), 2)])
+    header = ["case", "ops fused", "ops eager", "ops ratio", "fused us", "eager us",
+              "host ratio", "ratio of min", "fused CPU us", "eager CPU us", "CPU ratio"]
+    return markdown_table(header, rows, "l" + "r" * 10)

@@ -31,6 +31,8 @@ def like_input(input):
 
 def checked_float(op, name, value):
     """float(value), or a TypeError naming the argument unless it is a real number (not a bool)."""
+    if type(value) is float:  # the usual case, without numbers.Real's ABC check (per layer call)
+        return value
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{op}: {name} must be a float, got {value!r}")
     return float(value)

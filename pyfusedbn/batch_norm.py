@@ -53,8 +53,9 @@ def batch_norm_act(
                                 residual, bool(memory_efficient), bool(inplace))
 
 
-# The layer op, looked up once (torch.ops attribute access resolves it on every call).
-_LAYER_OP = ops.batch_norm_act.default
+# The layer op's C++ entry point, looked up once: torch.ops attribute access resolves it on every
+# call, and OpOverload.__call__ only forwards to it.
+LAYER_OP = ops.batch_norm_act.default._op
 
 
 def fused_batch_norm_act(input, running_mean, running_var, weight, bias, training, momentum, eps,
@@ -63,10 +64,10 @@ def fused_batch_norm_act(input, running_mean, running_var, weight, bias, trainin
     """batch_norm_act on checked arguments (activation resolved, memory_efficient/inplace
     validated, training a bool, momentum and eps floats): the modules' per-call path.
     num_batches_tracked, when given, is incremented by one (by the op itself in eager mode)."""
-    if not inplace:  # inplace writes into input's storage, which keeps its dtype
+    # (inplace writes into input's storage, which keeps its dtype)
+    if residual is not None and not inplace:
         input, residual = promoted_under_autocast(input, residual)
-    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
-    if memory_efficient or tracing:
+    if memory_efficient or torch.compiler.is_compiling() or torch.compiler.is_exporting():
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
         if memory_efficient:
@@ -79,8 +80,8 @@ def fused_batch_norm_act(input, running_mean, running_var, weight, bias, trainin
                                           activation_param)
     # Eager: one op whose autograd is registered in C++ (csrc/batch_norm/autograd.cpp), so
     # neither direction runs Python.
-    return _LAYER_OP(input, weight, bias, residual, running_mean, running_var, training, momentum,
-                     eps, activation, activation_param, num_batches_tracked)
+    return LAYER_OP(input, weight, bias, residual, running_mean, running_var, training, momentum,
+                    eps, activation, activation_param, num_batches_tracked)
 
 
 def _per_channel(input):

@@ -6,12 +6,13 @@ nn.BatchNorm*d (a state_dict loads both ways); forward takes an optional residua
 import inspect
 from typing import Optional
 
+import torch
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ._common import ActivationRepr, checked_float, resolved_activation
 from .activations import resolve_activation
-from .batch_norm import fused_batch_norm_act
+from .batch_norm import LAYER_OP, fused_batch_norm_act
 from .memory_efficient import check_memory_efficient
 
 
@@ -63,46 +64,50 @@ class BatchNormActBase(ActivationRepr, _BatchNorm):
         return text
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        # The per-call host path, kept as thin as eager's (benchmarks/host_overhead.py): in eager
+        # mode without a residual one call into the layer op, the rest inline.
         self._check_input_dim(input)
-        bn_training, momentum, running_mean, running_var, counter = self._batch_norm_arguments()
+        # torch's _BatchNorm.forward bookkeeping, so momentum=None (cumulative average),
+        # num_batches_tracked and track_running_stats=False behave identically. `counter` is
+        # num_batches_tracked when the op should count this batch (the op increments it, sparing
+        # a host op), None when there is nothing to count or it was counted here (momentum=None
+        # needs the new count now).
+        buffers = self._buffers
+        running_mean = _member(self, buffers, "running_mean")
+        running_var = _member(self, buffers, "running_var")
+        training, counter = self.training, None
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if training and self.track_running_stats:
+            batches = _member(self, buffers, "num_batches_tracked")
+            if batches is not None:
+                if self.momentum is None:
+                    batches.add_(1)
+                    momentum = 1.0 / float(batches)
+                else:
+                    counter = batches
+        bn_training = training or (running_mean is None and running_var is None)
+        if training and not self.track_running_stats:
+            running_mean = running_var = None
         activation, activation_param = resolved_activation(self.activation, self.activation_param)
         memory_efficient, inplace = bool(self.memory_efficient), bool(self.inplace)
-        check_memory_efficient(memory_efficient, inplace, activation, activation_param)
+        if memory_efficient or inplace:  # (neither: nothing to check)
+            check_memory_efficient(memory_efficient, inplace, activation, activation_param)
         if not bn_training and (running_mean is None or running_var is None):
             raise RuntimeError("batch_norm_act: running_mean and running_var must be defined in "
                                "evaluation mode (training=False)")
         parameters = self._parameters
-        return fused_batch_norm_act(
-            input, running_mean, running_var, _member(self, parameters, "weight"),
-            _member(self, parameters, "bias"),
-            bn_training, checked_float("batch_norm_act", "momentum", momentum),
-            checked_float("batch_norm_act", "eps", self.eps),
-            activation, activation_param, residual, memory_efficient, inplace, counter)
-
-    def _batch_norm_arguments(self):
-        """(training, momentum, running_mean, running_var, counter) for this call: the same
-        bookkeeping as torch's _BatchNorm.forward, so momentum=None (cumulative average),
-        num_batches_tracked and track_running_stats=False behave identically. `counter` is
-        num_batches_tracked when the op should count this batch (the op increments it, sparing a
-        host op), None when there is nothing to count or it was counted here (momentum=None
-        needs the new count now)."""
-        buffers = self._buffers
-        running_mean = _member(self, buffers, "running_mean")
-        running_var = _member(self, buffers, "running_var")
-        batches = _member(self, buffers, "num_batches_tracked")
-        exponential_average_factor = 0.0 if self.momentum is None else self.momentum
-        counter = None
-        if self.training and self.track_running_stats and batches is not None:
-            if self.momentum is None:
-                batches.add_(1)
-                exponential_average_factor = 1.0 / float(batches)
-            else:
-                counter = batches
-        bn_training = self.training or (running_mean is None and running_var is None)
-        use_running = not self.training or self.track_running_stats
-        return (bn_training, exponential_average_factor,
-                running_mean if use_running else None,
-                running_var if use_running else None, counter)
+        weight = _member(self, parameters, "weight")
+        bias = _member(self, parameters, "bias")
+        momentum = checked_float("batch_norm_act", "momentum", momentum)
+        eps = checked_float("batch_norm_act", "eps", self.eps)
+        if (residual is None and not memory_efficient and not torch.compiler.is_compiling()
+                and not torch.compiler.is_exporting()):
+            # fused_batch_norm_act's eager path without the call: the layer op, its autograd in C++.
+            return LAYER_OP(input, weight, bias, None, running_mean, running_var, bn_training,
+                            momentum, eps, activation, activation_param, counter)
+        return fused_batch_norm_act(input, running_mean, running_var, weight, bias, bn_training,
+                                    momentum, eps, activation, activation_param, residual,
+                                    memory_efficient, inplace, counter)
 
 
 class BatchNormAct1d(BatchNormActBase):

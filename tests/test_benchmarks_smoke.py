@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import cases, data, microbench, models, report, run, study, tables, train, trainer
+from benchmarks import (cases, data, host_overhead, microbench, models, report, run, study, tables,
+                        train, trainer)
 from benchmarks.common.results import load_json, save_json
 
 THREADS = ["--threads", str(torch.get_num_threads()), "--no-progress"]  # leave the session's own
@@ -173,7 +174,8 @@ def test_report_writer_with_every_section(tmp_path, fake_data):
 
 def test_run_without_data_still_reports(tmp_path):
     out = str(tmp_path)
-    run.main(["--skip", "microbench", "study", "--data-dir", str(tmp_path / "none"),
+    run.main(["--skip", "microbench", "cpu_dtypes", "host_overhead", "study", "--data-dir",
+              str(tmp_path / "none"),
               "--out", out] + THREADS)
     text = open(os.path.join(out, "REPORT.md")).read()
     assert "Fashion-MNIST training benchmark skipped" in text and "apt-get" in text
@@ -201,3 +203,22 @@ def test_cpu_dtypes_table(capsys):
         (layout, dtype) for layout in ("nchw", "channels_last") for dtype in cpu_dtypes.DTYPES]
     assert all(r["eager_ms"] > 0 and r["fused_ms"] > 0 and r["speedup"] > 0 for r in rows)
     assert "| 4x3x3 | channels_last | bfloat16 |" in capsys.readouterr().out
+
+
+def test_cpu_dtypes_and_host_overhead_rows_in_report(tmp_path):
+    # make bench's CPU stages on a tiny shape and few repeats, then their REPORT.md sections.
+    out = str(tmp_path)
+    dtypes = run.cpu_dtypes_stage(True, torch.get_num_threads(), batch=2,
+                                  shapes=[(4, 3, 3, "tiny")], copy_bytes=1 << 20)
+    assert {r["dtype"] for r in dtypes["rows"]} == set(dtypes["copy_bandwidth"]) == {
+        "float32", "bfloat16", "float16"}
+    assert all(r["gbps"] > 0 and r["pct_copy_bw"] > 0 for r in dtypes["rows"])
+    save_json(out, run.STAGE_FILES["cpu_dtypes"], dtypes)
+    host = host_overhead.run(repeats=3)
+    layer = next(iter(host["cases"].values()))
+    assert layer["fused"]["ops"] > 0 and layer["host_ratio_cpu"] > 0
+    save_json(out, run.STAGE_FILES["host_overhead"], host)
+    text = open(report.write_report(out, plots=False)).read()
+    assert "## CPU: float32, bfloat16 and float16" in text and "| 4x3x3 | channels_last | float16 |" in text
+    assert "- bfloat16: speed-up min" in text and "copy bandwidth" in text
+    assert "## Host overhead" in text and "| layer BatchNormAct2d(16)" in text

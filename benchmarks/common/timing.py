@@ -7,7 +7,7 @@ slow spells from landing on one contender only.
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -19,9 +19,12 @@ def synchronize(device: torch.device) -> None:
 
 @dataclass
 class Timing:
-    """Seconds per call over the repeats (each repeat: the mean of `inner` back-to-back calls)."""
+    """Seconds per call over the repeats (each repeat: the mean of `inner` back-to-back calls):
+    wall time, and the calling thread's CPU time (on a shared machine the host cost without the
+    time other processes took the core; at one torch thread all the CPU work is on this thread)."""
     samples: List[float] = field(default_factory=list)
     inner: int = 1
+    cpu_samples: List[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -41,16 +44,17 @@ class Timing:
     def summary(self) -> dict:
         return {"median_s": self.median, "q1_s": self.quantile(0.25), "q3_s": self.quantile(0.75),
                 "iqr_s": self.iqr, "min_s": min(self.samples), "repeats": len(self.samples),
-                "inner": self.inner}
+                "inner": self.inner, "cpu_median_s": statistics.median(self.cpu_samples)}
 
 
-def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> float:
+def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> Tuple[float, float]:
+    """(wall, thread CPU) seconds per call."""
     synchronize(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.thread_time()
     for _ in range(inner):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / inner
+    return (time.perf_counter() - start) / inner, (time.thread_time() - start_cpu) / inner
 
 
 def time_contenders(contenders: Dict[str, Callable[[], object]], device: torch.device,
@@ -63,24 +67,28 @@ def time_contenders(contenders: Dict[str, Callable[[], object]], device: torch.d
     for name, fn in contenders.items():
         for _ in range(warmup):
             fn()
-        once = _time_once(fn, 1, device)
+        once, _ = _time_once(fn, 1, device)
         timings[name] = Timing(inner=max(1, int(min_repeat_s / max(once, 1e-9))))
     start = time.perf_counter()
     for repeat in range(repeats):
         for name, fn in contenders.items():
-            timings[name].samples.append(_time_once(fn, timings[name].inner, device))
+            wall, cpu = _time_once(fn, timings[name].inner, device)
+            timings[name].samples.append(wall)
+            timings[name].cpu_samples.append(cpu)
         if repeat >= 2 and time.perf_counter() - start > max_total_s:
             break
     return timings
 
 
-def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 10) -> dict:
-    """Achieved bandwidth of a large tensor copy (read + write counted) on the device: the
-    ceiling a memory-bound kernel can be compared with."""
-    numel = nbytes // 4
-    src = torch.randn(numel, device=device)
+def copy_bandwidth(device: torch.device, nbytes: int = 256 << 20, repeats: int = 10,
+                   dtype: torch.dtype = torch.float32) -> dict:
+    """Achieved bandwidth of a large tensor copy (read + write counted) of `dtype` on the device:
+    the ceiling a memory-bound kernel of that dtype can be compared with."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    numel = nbytes // itemsize
+    src = torch.randn(numel, device=device, dtype=dtype)
     dst = torch.empty_like(src)
     timing = time_contenders({"copy": lambda: dst.copy_(src)}, device, warmup=2,
                              repeats=repeats)["copy"]
-    return {"bytes": 2 * numel * 4, "median_s": timing.median,
-            "gbps": 2 * numel * 4 / timing.median / 1e9, "repeats": len(timing.samples)}
+    return {"bytes": 2 * numel * itemsize, "median_s": timing.median,
+            "gbps": 2 * numel * itemsize / timing.median / 1e9, "repeats": len(timing.samples)}

@@ -113,6 +113,10 @@ Grads layer_backward(const Tensor& grad_out, const Tensor& input, const OptTenso
                           mask);
   }
   static const auto backward_op = op_handle<BackwardSig>("pyfusedbn::batch_norm_act_backward");
+  // Straight to the device kernel: with grad mode off nothing is recorded, but the saved input
+  // still requires grad, so the op would otherwise pass through autograd's boxed fallback (it has
+  // no autograd kernel), boxing every argument on each backward.
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
   return backward_op.call(grad_out, input, mean, invstd, weight, bias, residual, training, activation, param, false,
                           mask);
 }
