@@ -8,7 +8,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#if defined(__AVX2__) || defined(__F16C__)
+#if defined(__AVX2__) || defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -79,10 +79,47 @@ inline c10::Half store_as<c10::Half, float>(float v) {
   return c10::Half(static_cast<uint16_t>(half), c10::Half::from_bits());
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PYFUSEDBN_CONVERT_AVX512 1
+// 16 values at a time in 512-bit registers, the last (n % 16) under a mask: a channels_last row
+// of 17 or 33 channels is converted with no scalar tail.
+inline __mmask16 tail_mask(int64_t left) { return static_cast<__mmask16>((1u << left) - 1u); }
+
+inline __m512 widen16(__m256i bits, c10::Half) { return _mm512_cvtph_ps(bits); }
+// bfloat16 is the high half of a float32.
+inline __m512 widen16(__m256i bits, c10::BFloat16) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+inline __m256i narrow16(__m512 v, c10::Half) { return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+// As store_as (vcvtneps2bf16 would flush float32 subnormals to zero, so it is not used).
+inline __m256i narrow16(__m512 v, c10::BFloat16) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __m512i bits = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(bits);
+}
+
+template <typename scalar_t>
+constexpr bool kConverts16 = std::is_same_v<scalar_t, c10::Half> || std::is_same_v<scalar_t, c10::BFloat16>;
+#endif
+
 // dst[i] = src[i] as acc_t, for i < n.
 template <typename acc_t, typename scalar_t>
 inline void to_acc(const scalar_t* src, acc_t* dst, int64_t n) {
   int64_t i = 0;
+#if defined(PYFUSEDBN_CONVERT_AVX512)
+  if constexpr (kConverts16<scalar_t> && std::is_same_v<acc_t, float>) {
+    for (; i + 16 <= n; i += 16)
+      _mm512_storeu_ps(dst + i, widen16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i)), scalar_t()));
+    if (i < n) {
+      const __mmask16 mask = tail_mask(n - i);
+      _mm512_mask_storeu_ps(dst + i, mask, widen16(_mm256_maskz_loadu_epi16(mask, src + i), scalar_t()));
+    }
+    return;
+  }
+#endif
 #if defined(__F16C__)
   if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
     for (; i + 8 <= n; i += 8)
@@ -116,6 +153,17 @@ inline __m256i bfloat16_bits(__m256 v) {
 template <typename scalar_t, typename acc_t>
 inline void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
   int64_t i = 0;
+#if defined(PYFUSEDBN_CONVERT_AVX512)
+  if constexpr (kConverts16<scalar_t> && std::is_same_v<acc_t, float>) {
+    for (; i + 16 <= n; i += 16)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i), narrow16(_mm512_loadu_ps(src + i), scalar_t()));
+    if (i < n) {
+      const __mmask16 mask = tail_mask(n - i);
+      _mm256_mask_storeu_epi16(dst + i, mask, narrow16(_mm512_maskz_loadu_ps(mask, src + i), scalar_t()));
+    }
+    return;
+  }
+#endif
 #if defined(__F16C__)
   if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
     for (; i + 8 <= n; i += 8)

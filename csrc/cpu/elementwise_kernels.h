@@ -33,14 +33,15 @@ inline Rebuilt<acc_t> grad_and_centred(acc_t dy, acc_t saved, acc_t residual, ac
   return {r.xc, dy * Act::grad(r.z, param)};
 }
 
-template <bool kPerColumn, typename Act, bool kResidual, typename acc_t>
-inline void apply_row(const acc_t* x, const acc_t* res, const acc_t* scale_at, const acc_t* shift_at, acc_t* out,
+// In: acc_t, or bfloat16 read in place (read_view).
+template <bool kPerColumn, typename Act, bool kResidual, typename In, typename acc_t>
+inline void apply_row(const In* x, const In* res, const acc_t* scale_at, const acc_t* shift_at, acc_t* out,
                       int64_t len, acc_t param) {
   const Coef<kPerColumn, acc_t> scale(scale_at), shift(shift_at);
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    acc_t z = x[j] * scale[j] + shift[j];
-    if constexpr (kResidual) z += res[j];
+    acc_t z = load_acc<acc_t>(x[j]) * scale[j] + shift[j];
+    if constexpr (kResidual) z += load_acc<acc_t>(res[j]);
     out[j] = Act::value(z, param);
   }
 }
@@ -50,12 +51,12 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels;
   for_each_chunk(a.shape, [&](const Chunk& k) {
     acc_t x_buf[kChunk], res_buf[kChunk], out_buf[kChunk];
-    const acc_t* x = acc_view(a.input + k.offset, x_buf, k.numel());
-    const acc_t* res = kResidual ? acc_view(a.residual + k.offset, res_buf, k.numel()) : nullptr;
+    const auto* x = read_view(a.input + k.offset, x_buf, k.numel());
+    const auto* res = kResidual ? read_view(a.residual + k.offset, res_buf, k.numel()) : nullptr;
     acc_t* out = acc_target(a.output + k.offset, out_buf);
     for (int64_t r = 0; r < k.rows; ++r) {
       const int64_t o = r * k.cols;
-      const acc_t* r_res = kResidual ? res + o : nullptr;
+      const auto* r_res = kResidual ? res + o : nullptr;
       if (k.planar) {
         const int64_t c = (k.first + r) % C;
         apply_row<false, Act, kResidual>(x + o, r_res, a.scale + c, a.shift + c, out + o, k.cols, a.activation_param);
@@ -79,15 +80,18 @@ struct ElemtCoefficients {
         coef_const(a.coef_const + c) {}
 };
 
-template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
-inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const acc_t* dy, const acc_t* saved,
-                      const acc_t* res, acc_t* dx, acc_t* dres, int64_t len) {
+// In: acc_t, or bfloat16 read in place (read_view).
+template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t,
+          typename In>
+inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const In* dy, const In* saved,
+                      const In* res, acc_t* dx, acc_t* dres, int64_t len) {
   const ElemtCoefficients<kPerColumn, acc_t> k(a, c);
   const acc_t param = a.activation_param;
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    const auto t = grad_and_centred<Act, kResidual, kFromOutput>(dy[j], saved[j], kResidual ? res[j] : acc_t(0),
-                                                                 k.mean[j], k.scale[j], k.bias[j], param);  // {xc, g}
+    const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
+        load_acc<acc_t>(dy[j]), load_acc<acc_t>(saved[j]), kResidual ? load_acc<acc_t>(res[j]) : acc_t(0),
+        k.mean[j], k.scale[j], k.bias[j], param);  // {xc, g}
     dx[j] = t.z * k.coef_g[j] + t.xc * k.coef_xc[j] + k.coef_const[j];
     if constexpr (kResidual) dres[j] = t.z;
   }
@@ -99,14 +103,14 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
   for_each_chunk(a.shape, [&](const Chunk& k) {
     acc_t dy_buf[kChunk], saved_buf[kChunk], res_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
     const int64_t n = k.numel();
-    const acc_t* dy = acc_view(a.grad_out + k.offset, dy_buf, n);
-    const acc_t* saved = acc_view(a.saved + k.offset, saved_buf, n);
-    const acc_t* res = kResidual ? acc_view(a.residual + k.offset, res_buf, n) : nullptr;
+    const auto* dy = read_view(a.grad_out + k.offset, dy_buf, n);
+    const auto* saved = read_view(a.saved + k.offset, saved_buf, n);
+    const auto* res = kResidual ? read_view(a.residual + k.offset, res_buf, n) : nullptr;
     acc_t* dx = acc_target(a.grad_input + k.offset, dx_buf);
     acc_t* dres = kResidual ? acc_target(a.grad_residual + k.offset, dres_buf) : nullptr;
     for (int64_t r = 0; r < k.rows; ++r) {
       const int64_t o = r * k.cols;
-      const acc_t* r_res = kResidual ? res + o : nullptr;
+      const auto* r_res = kResidual ? res + o : nullptr;
       acc_t* r_dres = kResidual ? dres + o : nullptr;
       if (k.planar) {
         elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o,

@@ -51,12 +51,6 @@ inline void for_each_channel_block(const BnShape& shape, int64_t c, Block block)
   }
 }
 
-// Whether the reductions read scalar_t where it lies (load_acc per element) rather than a
-// bulk-converted acc_t copy. For bfloat16 the per-element load is a shift, cheaper than a
-// round trip through a buffer; float16's per-element conversion is not, so it is converted.
-template <typename scalar_t, typename acc_t>
-constexpr bool kReadsInPlace = std::is_same_v<scalar_t, acc_t> || std::is_same_v<scalar_t, c10::BFloat16>;
-
 // A block's values gathered (and converted) into buf as one contiguous acc_t array.
 template <typename acc_t, typename scalar_t>
 inline const acc_t* gather(const scalar_t* base, const Segments& seg, acc_t* buf) {
