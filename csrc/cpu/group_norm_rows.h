@@ -53,17 +53,24 @@ void for_each_row_block(int64_t rows, int64_t channels, int64_t arrays, Body bod
 
 // The rebuild coefficients mean, scale = weight * rstd and bias of rows [n0, n1), as
 // group_backward_prepare_at writes them.
+// body(ng, c, i) for every element of rows [n0, n1): its (row, group), channel and index in the block.
+template <typename acc_t, typename Body>
+void for_each_block_element(const GroupRowsCoefficients<acc_t>& rc, int64_t n0, int64_t n1, Body body) {
+  const int64_t C = rc.channels, G = rc.groups, D = C / G;
+  for (int64_t ng = n0 * G; ng < n1 * G; ++ng) {
+    const int64_t first = (ng - n0 * G) * D, c0 = (ng % G) * D;
+    for (int64_t j = 0; j < D; ++j) body(ng, c0 + j, first + j);
+  }
+}
+
 template <typename acc_t>
 void fill_rebuild_coefficients(const GroupRowsCoefficients<acc_t>& rc, int64_t n0, int64_t n1, acc_t* mean,
                                acc_t* scale, acc_t* bias) {
-  const int64_t C = rc.channels;
-  for (int64_t n = n0; n < n1; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t i = (n - n0) * C + c, ng = rc.group_of(n, c);
-      mean[i] = rc.mean[ng];
-      scale[i] = weight_at(rc.weight, c) * rc.rstd[ng];
-      bias[i] = bias_at(rc.bias, c);
-    }
+  for_each_block_element(rc, n0, n1, [&](int64_t ng, int64_t c, int64_t i) {
+    mean[i] = rc.mean[ng];
+    scale[i] = weight_at(rc.weight, c) * rc.rstd[ng];
+    bias[i] = bias_at(rc.bias, c);
+  });
 }
 
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
@@ -71,12 +78,11 @@ void group_rows_apply_kernel(const ApplyArgs<scalar_t, acc_t>& a, const GroupRow
   const int64_t C = rc.channels;
   for_each_row_block<acc_t>(a.shape.batch, C, 2, [&](int64_t n0, int64_t n1, acc_t* scratch) {
     acc_t *scale = scratch, *shift = scratch + (n1 - n0) * C;
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        const ScaleShift<acc_t> s = group_rows_scale_shift(rc, n, c);
-        scale[(n - n0) * C + c] = s.scale;
-        shift[(n - n0) * C + c] = s.shift;
-      }
+    for_each_block_element(rc, n0, n1, [&](int64_t ng, int64_t c, int64_t i) {
+      const ScaleShift<acc_t> s = group_scale_shift(rc.mean[ng], rc.rstd[ng], rc.weight, rc.bias, c);
+      scale[i] = s.scale;
+      shift[i] = s.shift;
+    });
     ApplyArgs<scalar_t, acc_t> b = a;
     b.input = rows_from(a.input, n0, C);
     b.residual = rows_from(a.residual, n0, C);
@@ -147,12 +153,10 @@ void group_rows_elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a, const GroupRow
     acc_t *mean = scratch, *scale = scratch + m, *bias = scratch + 2 * m, *coef_xc = scratch + 3 * m,
           *coef_const = scratch + 4 * m;
     fill_rebuild_coefficients(rc, n0, n1, mean, scale, bias);
-    for (int64_t n = n0; n < n1; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t ng = rc.group_of(n, c);
-        coef_xc[(n - n0) * C + c] = rc.coef_xc[ng];
-        coef_const[(n - n0) * C + c] = rc.coef_const[ng];
-      }
+    for_each_block_element(rc, n0, n1, [&](int64_t ng, int64_t, int64_t i) {
+      coef_xc[i] = rc.coef_xc[ng];
+      coef_const[i] = rc.coef_const[ng];
+    });
     ElemtArgs<scalar_t, acc_t> b = a;
     b.grad_out = rows_from(a.grad_out, n0, C);
     b.saved = rows_from(a.saved, n0, C);
