@@ -61,9 +61,9 @@ def test_empty_batch():
     assert out.shape == x.shape and x.grad.shape == x.shape
 
 
-def test_workspace_split_per_array(generator):
-    """LayerNorm2d over (2, 64, 100, 100): 20000 rows of 64, whose 7 backward arrays (36 MB) are
-    past kSplitWorkspaceBytes, so the CPU workspace is one allocation per array."""
+def test_layer_norm_2d_many_rows(generator):
+    """LayerNorm2d over (2, 64, 100, 100): 20000 rows of 64 on the rows path (many parts of the
+    parameter-gradient sums, row blocks split across threads)."""
     shape = (2, 64, 100, 100)
     x = torch.randn(shape, generator=generator, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     dy = torch.randn(shape, generator=generator, dtype=torch.float64)

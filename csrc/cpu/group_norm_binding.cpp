@@ -11,6 +11,7 @@
 #include "../group_norm/coefficients.h"
 #include "binding_utils.h"
 #include "group_norm_kernels.h"
+#include "group_norm_rows.h"
 
 namespace pyfusedbn {
 namespace {
@@ -50,6 +51,60 @@ struct CpuGroupBackend {
                                             f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         cpu::group_apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+
+  // The rows path (group_norm_rows.h): coefficients per block of rows in per-thread scratch.
+  static void rows_apply(const Tensor& x, const OptTensor& residual, const GroupRowsState& rows, ActKind act,
+                         double param, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_rows_apply_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      add_group_workspace_bytes(cpu::row_scratch_bytes<acc_t>(shape.channels, 2));
+      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), nullptr,
+                                            nullptr, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::group_rows_apply_kernel<decltype(activation), decltype(has_residual)::value>(args, rows.args<acc_t>());
+      });
+    });
+  }
+
+  static void rows_backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                                   const GroupRowsState& rows, ActKind act, double param, double count,
+                                   const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_rows_backward_reduce_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      add_group_workspace_bytes(2 * shape.channels * static_cast<int64_t>(sizeof(double)) * at::get_num_threads());
+      const ReduceArgs<scalar_t, acc_t> args{dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(),
+                                             ptr_or_null<scalar_t>(residual), nullptr, nullptr, nullptr, nullptr,
+                                             nullptr, static_cast<acc_t>(param), shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_res) {
+        cpu::group_rows_reduce_kernel<decltype(activation), decltype(has_res)::value>(args, rows.args<acc_t>(), count);
+      });
+    });
+  }
+
+  static void rows_backward_finalize(const GroupRowsState& rows, Tensor& grad_weight, Tensor& grad_bias) {
+    AT_DISPATCH_FLOATING_TYPES(grad_weight.scalar_type(), "group_norm_rows_backward_finalize_cpu", [&] {
+      group_rows_param_grads(rows.args<scalar_t>(), grad_weight.data_ptr<scalar_t>(), grad_bias.data_ptr<scalar_t>());
+    });
+  }
+
+  static void rows_backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                                  const GroupRowsState& rows, ActKind act, double param, Tensor& grad_input,
+                                  Tensor& grad_residual, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_rows_backward_elemt_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      add_group_workspace_bytes(cpu::row_scratch_bytes<acc_t>(shape.channels, 5));
+      const ElemtArgs<scalar_t, acc_t> args{
+          dy.data_ptr<scalar_t>(), saved.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), nullptr, nullptr,
+          nullptr, nullptr, nullptr, nullptr, grad_input.data_ptr<scalar_t>(),
+          residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr, static_cast<acc_t>(param), shape};
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_res) {
+        cpu::group_rows_elemt_kernel<decltype(activation), decltype(has_res)::value>(args, rows.args<acc_t>());
       });
     });
   }

@@ -60,7 +60,7 @@ __global__ void group_stats_kernel(GroupStatsArgs<scalar_t, acc_t> a, GroupForwa
     }
     __syncthreads();
     const int64_t first = (ng / a.groups) * C, c0 = (ng % a.groups) * D;
-    for (int64_t j = tid; j < D; j += threads) {
+    for (int64_t j = tid; out.arrays.scale != nullptr && j < D; j += threads) {  // (none on the rows path)
       const ScaleShift<acc_t> s = group_scale_shift(group_mean, group_rstd_value, out.weight, out.bias, c0 + j);
       out.arrays.scale[first + c0 + j] = s.scale;
       out.arrays.shift[first + c0 + j] = s.shift;
@@ -110,6 +110,42 @@ __global__ void group_elemt_kernel(ElemtArgs<scalar_t, acc_t> a) {
     group_load_per_lane<kVec>(a.coef_const, nc, channel_step, coef_const);
 #pragma unroll
     for (int k = 0; k < kVec; ++k) grad_input[k] = g[k] * coef_g[k] + xc[k] * coef_xc[k] + coef_const[k];
+    store_acc<kVec>(a.grad_input + i, grad_input);
+    if constexpr (kResidual) store_acc<kVec>(a.grad_residual + i, g);
+  });
+}
+
+// The rows path (group_norm/args.h: group_rows_layout): the element index is n * C + c, and each
+// lane's coefficients come from its row's statistics (coefficients.h), not from per-element arrays.
+template <typename Act, bool kResidual, int kVec, typename scalar_t, typename acc_t>
+__global__ void group_rows_apply_kernel(ApplyArgs<scalar_t, acc_t> a, GroupRowsCoefficients<acc_t> rc) {
+  for_each_vector(a.shape, kVec, [&](int64_t i, int64_t) {
+    const int64_t n = i / rc.channels, c0 = i % rc.channels;
+    acc_t x[kVec], residual[kVec] = {}, out[kVec];
+    group_load_acc<kVec>(a.input + i, x);
+    if constexpr (kResidual) group_load_acc<kVec>(a.residual + i, residual);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const ScaleShift<acc_t> s = group_rows_scale_shift(rc, n, c0 + k);
+      out[k] = Act::value(x[k] * s.scale + s.shift + residual[k], a.activation_param);
+    }
+    store_acc<kVec>(a.output + i, out);
+  });
+}
+
+// grad_input = g * (weight * rstd) + xc * coef_xc + coef_const, the last two per (row, group).
+template <typename Act, bool kResidual, int kVec, typename scalar_t, typename acc_t>
+__global__ void group_rows_elemt_kernel(ElemtArgs<scalar_t, acc_t> a, GroupRowsCoefficients<acc_t> rc) {
+  for_each_vector(a.shape, kVec, [&](int64_t i, int64_t) {
+    const int64_t n = i / rc.channels, c0 = i % rc.channels;
+    const auto k_c = GroupRebuildCoefs<acc_t, kVec>::rows(rc, n, c0);
+    acc_t g[kVec], xc[kVec], grad_input[kVec];
+    group_backward_terms<Act, kResidual, false>(a, i, k_c, g, xc);
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int64_t ng = rc.group_of(n, c0 + k);
+      grad_input[k] = g[k] * k_c.scale[k] + xc[k] * rc.coef_xc[ng] + rc.coef_const[ng];
+    }
     store_acc<kVec>(a.grad_input + i, grad_input);
     if constexpr (kResidual) store_acc<kVec>(a.grad_residual + i, g);
   });
@@ -191,6 +227,33 @@ void launch_group_apply(const ApplyArgs<scalar_t, acc_t>& args, ActKind act, con
 }
 
 template <typename scalar_t, typename acc_t>
+void launch_group_rows_apply(const ApplyArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                             ActKind act, const LaunchContext& ctx) {
+  const int vec = vector_width<scalar_t>(args.shape, {args.input, args.residual, args.output});
+  const unsigned blocks = elementwise_blocks(args.shape.numel() / vec, ctx.num_sms);
+  dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
+    dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
+      group_rows_apply_kernel<decltype(activation), decltype(res)::value, decltype(vec_width)::value>
+          <<<blocks, kBlockThreads, 0, ctx.stream>>>(args, rows);
+    });
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void launch_group_rows_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                                      ActKind act, const LaunchContext& ctx) {
+  const int vec = vector_width<scalar_t>(
+      args.shape, {args.grad_out, args.saved, args.residual, args.grad_input, args.grad_residual});
+  const unsigned blocks = elementwise_blocks(args.shape.numel() / vec, ctx.num_sms);
+  dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
+    dispatch_vector_width<scalar_t>(vec, [&](auto vec_width) {
+      group_rows_elemt_kernel<decltype(activation), decltype(res)::value, decltype(vec_width)::value>
+          <<<blocks, kBlockThreads, 0, ctx.stream>>>(args, rows);
+    });
+  });
+}
+
+template <typename scalar_t, typename acc_t>
 void launch_group_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKind act, const LaunchContext& ctx) {
   const BnShape& shape = args.shape;
   dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
@@ -229,7 +292,13 @@ void launch_group_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind
   template void launch_group_backward_reduce<scalar_t, acc_t>(const ReduceArgs<scalar_t, acc_t>&, ActKind,    \
                                                               const LaunchContext&);                          \
   template void launch_group_backward_elemt<scalar_t, acc_t>(const ElemtArgs<scalar_t, acc_t>&, ActKind,      \
-                                                             const LaunchContext&);
+                                                             const LaunchContext&);                          \
+  template void launch_group_rows_apply<scalar_t, acc_t>(const ApplyArgs<scalar_t, acc_t>&,                   \
+                                                         const GroupRowsCoefficients<acc_t>&, ActKind,        \
+                                                         const LaunchContext&);                               \
+  template void launch_group_rows_backward_elemt<scalar_t, acc_t>(const ElemtArgs<scalar_t, acc_t>&,          \
+                                                                  const GroupRowsCoefficients<acc_t>&, ActKind, \
+                                                                  const LaunchContext&);
 FBN_INSTANTIATE_GROUP(float, float)
 FBN_INSTANTIATE_GROUP(double, double)
 FBN_INSTANTIATE_GROUP(__half, float)

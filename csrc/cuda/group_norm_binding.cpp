@@ -60,6 +60,69 @@ struct CudaGroupBackend {
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
+  // The rows path (group_norm/args.h: group_rows_layout): 2 launches forward, 3 backward.
+  static void rows_apply(const Tensor& x, const OptTensor& residual, const GroupRowsState& rows, ActKind act,
+                         double param, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(x.device());
+    const auto ctx = launch_context(x);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_rows_apply_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      cuda::launch_group_rows_apply(ApplyArgs<cuda_t, acc_t>{device_ptr<scalar_t>(x), device_ptr_or_null<scalar_t>(residual),
+                                                             nullptr, nullptr, device_ptr<scalar_t>(out),
+                                                             static_cast<acc_t>(param), shape},
+                                    rows.args<acc_t>(), act, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void rows_backward_reduce(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                                   const GroupRowsState& rows, ActKind act, double param, double count,
+                                   const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(saved.device());
+    const auto ctx = launch_context(saved);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_rows_backward_reduce_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      const ReduceArgs<cuda_t, acc_t> args{device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved),
+                                           device_ptr_or_null<scalar_t>(residual), nullptr, nullptr, nullptr, nullptr,
+                                           nullptr, static_cast<acc_t>(param), shape};
+      cuda::launch_group_rows_backward_reduce(args, rows.args<acc_t>(), count, act, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void rows_backward_finalize(const GroupRowsState& rows, Tensor& grad_weight, Tensor& grad_bias) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(grad_weight.device());
+    const auto ctx = launch_context(grad_weight);
+    AT_DISPATCH_FLOATING_TYPES(grad_weight.scalar_type(), "group_norm_rows_backward_finalize_cuda", [&] {
+      cuda::launch_group_rows_backward_finalize(rows.args<scalar_t>(), grad_weight.data_ptr<scalar_t>(),
+                                                grad_bias.data_ptr<scalar_t>(), ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  static void rows_backward_elemt(const Tensor& dy, const Tensor& saved, const OptTensor& residual,
+                                  const GroupRowsState& rows, ActKind act, double param, Tensor& grad_input,
+                                  Tensor& grad_residual, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CUDA);
+    const c10::cuda::CUDAGuard guard(saved.device());
+    const auto ctx = launch_context(saved);
+    FBN_DISPATCH_FLOATING(saved.scalar_type(), "group_norm_act_rows_backward_elemt_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      using cuda_t = typename CudaScalar<scalar_t>::type;
+      const ElemtArgs<cuda_t, acc_t> args{
+          device_ptr<scalar_t>(dy), device_ptr<scalar_t>(saved), device_ptr_or_null<scalar_t>(residual), nullptr,
+          nullptr, nullptr, nullptr, nullptr, nullptr, device_ptr<scalar_t>(grad_input),
+          residual.has_value() ? device_ptr<scalar_t>(grad_residual) : nullptr, static_cast<acc_t>(param), shape};
+      cuda::launch_group_rows_backward_elemt(args, rows.args<acc_t>(), act, ctx);
+    });
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
   // The backward passes recompute g (memory-bound here: a cache would only add traffic).
   static Tensor grad_cache(const Tensor&, ActKind) { return Tensor(); }
 

@@ -4,6 +4,7 @@
 // the GroupNorm kernels walk one vector at a time, so they keep these simpler forms.
 #pragma once
 
+#include "../group_norm/coefficients.h"
 #include "device_utils.cuh"
 
 namespace pyfusedbn {
@@ -43,6 +44,19 @@ struct GroupRebuildCoefs {
     group_load_per_lane<kVec>(mean, c0, step, k_c.mean);
     group_load_per_lane<kVec>(scale, c0, step, k_c.scale);
     group_load_per_lane<kVec>(bias, c0, step, k_c.bias);
+    return k_c;
+  }
+  // The rows path: lanes are channels c0 .. c0 + kVec - 1 of row n (coefficients.h's formulas).
+  __device__ __forceinline__ static GroupRebuildCoefs rows(const GroupRowsCoefficients<acc_t>& rc, int64_t n,
+                                                           int64_t c0) {
+    GroupRebuildCoefs k_c;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {
+      const int64_t ng = rc.group_of(n, c0 + k);
+      k_c.mean[k] = rc.mean[ng];
+      k_c.scale[k] = weight_at(rc.weight, c0 + k) * rc.rstd[ng];
+      k_c.bias[k] = bias_at(rc.bias, c0 + k);
+    }
     return k_c;
   }
   __device__ __forceinline__ static GroupRebuildCoefs one_channel(const acc_t* mean, const acc_t* scale,

@@ -8,6 +8,8 @@
 //   A large batch (LayerNorm2d has one "sample" per position) splits each tile's samples into
 //   parts whose sums a second small kernel merges in a fixed order: no atomics, so the result is
 //   the same on every run.
+// - the rows path's reduction and parameter-gradient merge (one position per sample; see
+//   group_rows_reduce_kernel).
 #include "../group_norm/coefficients.h"
 #include "block_merge.cuh"
 #include "group_norm_device_utils.cuh"
@@ -100,13 +102,74 @@ __global__ void merge_param_grad_parts(const double* partials, int64_t parts, in
                                        acc_t* grad_bias) {
   for (int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; c < channels;
        c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double weight = 0, bias = 0;
-    for (int64_t part = 0; part < parts; ++part) {
-      weight += partials[2 * (part * channels + c)];
-      bias += partials[2 * (part * channels + c) + 1];
+    const ParamGradSums sums = group_merged_param_grads(partials, parts, channels, c);
+    grad_weight[c] = static_cast<acc_t>(sums.weight);
+    grad_bias[c] = static_cast<acc_t>(sums.bias);
+  }
+}
+
+// The rows path's reduction (group_norm/args.h: group_rows_layout), one launch of (32, 8) blocks
+// that each keep all their threads on elements. Blocks [0, param_blocks): a 32-channel tile of
+// one part of the rows, x along channels (coalesced), y along the part's rows, the part's
+// parameter-gradient sums into rc.partials. The rest: a warp per (row, group), lanes along its
+// channels, the elementwise coefficients into rc.coef_xc / coef_const. Each side computes g and
+// xc itself (the data is read twice in one launch instead of a per-element array written once
+// and read twice), with the per-(sample, channel) path's roundings: g * xc in acc_t, then double.
+template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void rows_terms(const ReduceArgs<scalar_t, acc_t>& a, const GroupRowsCoefficients<acc_t>& rc,
+                                           int64_t n, int64_t c, acc_t& g, acc_t& g_xc) {
+  const auto k_c = GroupRebuildCoefs<acc_t, 1>::rows(rc, n, c);
+  acc_t g1[1], xc1[1];
+  group_backward_terms<Act, kResidual, false>(a, n * rc.channels + c, k_c, g1, xc1);
+  g = g1[0];
+  g_xc = g1[0] * xc1[0];
+}
+
+template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+__global__ void group_rows_reduce_kernel(ReduceArgs<scalar_t, acc_t> a, GroupRowsCoefficients<acc_t> rc, double count,
+                                         int64_t param_blocks) {
+  const int64_t N = a.shape.batch, C = rc.channels;
+  if (blockIdx.x < param_blocks) {
+    const int64_t tile = blockIdx.x / rc.parts, part = blockIdx.x % rc.parts;
+    const int64_t c = tile * kTileChannels + threadIdx.x, per_part = group_rows_per_part(N, rc.parts);
+    const int64_t n1 = (part + 1) * per_part < N ? (part + 1) * per_part : N;
+    SumPair<double> sums{0, 0};  // (g: weight's sum, g_xc: bias's), for the block merge
+    if (c < C) {
+      for (int64_t n = part * per_part + threadIdx.y; n < n1; n += kTileRows) {
+        acc_t g, g_xc;
+        rows_terms<Act, kResidual>(a, rc, n, c, g, g_xc);
+        sums.g += static_cast<double>(g_xc) * rc.rstd[rc.group_of(n, c)];
+        sums.g_xc += g;
+      }
     }
-    grad_weight[c] = static_cast<acc_t>(weight);
-    grad_bias[c] = static_cast<acc_t>(bias);
+    sums = merge_over_block(sums, kTileChannels);
+    if (threadIdx.y == 0 && c < C) {
+      rc.partials[2 * (part * C + c)] = sums.g;
+      rc.partials[2 * (part * C + c) + 1] = sums.g_xc;
+    }
+    return;
+  }
+  const int64_t blocks = gridDim.x - param_blocks, D = C / rc.groups;
+  for (int64_t ng = (blockIdx.x - param_blocks) * kWarpsPerBlock + threadIdx.y; ng < N * rc.groups;
+       ng += blocks * kWarpsPerBlock) {
+    const int64_t n = ng / rc.groups, c0 = (ng % rc.groups) * D;
+    DxhatSums sums{0, 0};
+    for (int64_t j = threadIdx.x; j < D; j += 32) {
+      acc_t g, g_xc;
+      rows_terms<Act, kResidual>(a, rc, n, c0 + j, g, g_xc);
+      const double w = weight_at(rc.weight, c0 + j);
+      sums.a += w * g;
+      sums.b += w * g_xc;
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+      sums.a += __shfl_xor_sync(0xffffffffu, sums.a, offset);
+      sums.b += __shfl_xor_sync(0xffffffffu, sums.b, offset);
+    }
+    if (threadIdx.x == 0) {
+      const ElemtCoefficientPair<acc_t> coefs = group_elemt_coefficients(rc.rstd[ng], count, sums);
+      rc.coef_xc[ng] = coefs.coef_xc;
+      rc.coef_const[ng] = coefs.coef_const;
+    }
   }
 }
 
@@ -138,12 +201,44 @@ void launch_group_backward_finalize(const GroupCoefficientArgs<acc_t>& args, con
         partials, parts, args.channels, grad_weight, grad_bias);
 }
 
+template <typename scalar_t, typename acc_t>
+void launch_group_rows_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                                       double count, ActKind act, const LaunchContext& ctx) {
+  if (args.shape.numel() == 0) return;
+  const int64_t param_blocks = ceil_div(rows.channels, kTileChannels) * rows.parts;
+  const int64_t coefficient_blocks = item_blocks(args.shape.batch * rows.groups, kWarpsPerBlock);
+  dispatch_act_residual(act, args.residual != nullptr, [&](auto activation, auto res) {
+    group_rows_reduce_kernel<decltype(activation), decltype(res)::value>
+        <<<static_cast<unsigned>(param_blocks + coefficient_blocks), dim3(kTileChannels, kTileRows), 0, ctx.stream>>>(
+            args, rows, count, param_blocks);
+  });
+}
+
+template <typename acc_t>
+void launch_group_rows_backward_finalize(const GroupRowsCoefficients<acc_t>& rows, acc_t* grad_weight, acc_t* grad_bias,
+                                         const LaunchContext& ctx) {
+  if (rows.channels == 0) return;
+  merge_param_grad_parts<<<item_blocks(rows.channels, kBlockThreads), kBlockThreads, 0, ctx.stream>>>(
+      rows.partials, rows.parts, rows.channels, grad_weight, grad_bias);
+}
+
+#define FBN_INSTANTIATE_GROUP_ROWS_REDUCE(scalar_t, acc_t)                                                      \
+  template void launch_group_rows_backward_reduce<scalar_t, acc_t>(                                           \
+      const ReduceArgs<scalar_t, acc_t>&, const GroupRowsCoefficients<acc_t>&, double, ActKind, const LaunchContext&);
+FBN_INSTANTIATE_GROUP_ROWS_REDUCE(float, float)
+FBN_INSTANTIATE_GROUP_ROWS_REDUCE(double, double)
+FBN_INSTANTIATE_GROUP_ROWS_REDUCE(__half, float)
+FBN_INSTANTIATE_GROUP_ROWS_REDUCE(__nv_bfloat16, float)
+#undef FBN_INSTANTIATE_GROUP_ROWS_REDUCE
+
 #define FBN_INSTANTIATE_GROUP_COEFFICIENTS(acc_t)                                                           \
   template void launch_group_backward_prepare<acc_t>(const GroupCoefficientArgs<acc_t>&,                    \
                                                      const GroupBackwardArrays<acc_t>&, const LaunchContext&); \
   template void launch_group_backward_finalize<acc_t>(const GroupCoefficientArgs<acc_t>&,                   \
                                                       const GroupBackwardArrays<acc_t>&, double, acc_t*, acc_t*, \
-                                                      double*, const LaunchContext&);
+                                                      double*, const LaunchContext&);  \
+  template void launch_group_rows_backward_finalize<acc_t>(const GroupRowsCoefficients<acc_t>&, acc_t*, acc_t*,     \
+                                                           const LaunchContext&);
 FBN_INSTANTIATE_GROUP_COEFFICIENTS(float)
 FBN_INSTANTIATE_GROUP_COEFFICIENTS(double)
 #undef FBN_INSTANTIATE_GROUP_COEFFICIENTS

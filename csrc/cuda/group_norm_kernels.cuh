@@ -53,5 +53,22 @@ void launch_group_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, ActKi
 template <typename scalar_t, typename acc_t>
 void launch_group_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, ActKind act, const LaunchContext& ctx);
 
+// The rows path (group_norm/args.h: group_rows_layout): ApplyArgs / ReduceArgs / ElemtArgs with
+// null coefficient and sum pointers, each element's coefficients from `rows`.
+template <typename scalar_t, typename acc_t>
+void launch_group_rows_apply(const ApplyArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                             ActKind act, const LaunchContext& ctx);
+// coef_xc / coef_const per (row, group) and each part's parameter-gradient sums (rows.partials), one launch.
+template <typename scalar_t, typename acc_t>
+void launch_group_rows_backward_reduce(const ReduceArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                                       double count, ActKind act, const LaunchContext& ctx);
+// grad_weight / grad_bias from the parts' sums, one launch.
+template <typename acc_t>
+void launch_group_rows_backward_finalize(const GroupRowsCoefficients<acc_t>& rows, acc_t* grad_weight, acc_t* grad_bias,
+                                         const LaunchContext& ctx);
+template <typename scalar_t, typename acc_t>
+void launch_group_rows_backward_elemt(const ElemtArgs<scalar_t, acc_t>& args, const GroupRowsCoefficients<acc_t>& rows,
+                                      ActKind act, const LaunchContext& ctx);
+
 }  // namespace cuda
 }  // namespace pyfusedbn

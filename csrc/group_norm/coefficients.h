@@ -102,17 +102,44 @@ FBN_HOST_DEVICE DxhatSums group_dxhat_sums(const GroupCoefficientArgs<acc_t>& a,
   return sums;
 }
 template <typename acc_t>
+struct ElemtCoefficientPair {
+  acc_t coef_xc;
+  acc_t coef_const;
+};
+template <typename acc_t>
+FBN_HOST_DEVICE ElemtCoefficientPair<acc_t> group_elemt_coefficients(acc_t rstd, double count, const DxhatSums& sums) {
+  const double r = rstd;
+  return {static_cast<acc_t>(-r * r * r * sums.b / count), static_cast<acc_t>(-r * sums.a / count)};
+}
+template <typename acc_t>
 FBN_HOST_DEVICE void group_store_elemt_coefficients(const GroupCoefficientArgs<acc_t>& a,
                                                     const GroupBackwardArrays<acc_t>& k, double count, int64_t ng,
                                                     const DxhatSums& sums, int64_t j_first, int64_t j_step) {
   const int64_t D = a.channels_per_group(), first = group_first_slot(a, ng);
-  const double r = a.rstd[ng];
-  const acc_t coef_xc = static_cast<acc_t>(-r * r * r * sums.b / count);
-  const acc_t coef_const = static_cast<acc_t>(-r * sums.a / count);
+  const ElemtCoefficientPair<acc_t> coefs = group_elemt_coefficients(a.rstd[ng], count, sums);
   for (int64_t j = j_first; j < D; j += j_step) {
-    k.coef_xc[first + j] = coef_xc;
-    k.coef_const[first + j] = coef_const;
+    k.coef_xc[first + j] = coefs.coef_xc;
+    k.coef_const[first + j] = coefs.coef_const;
   }
+}
+
+// The rows path (args.h: GroupRowsCoefficients): element (n, c)'s coefficients from its row's
+// statistics, by the formulas above, so each value rounds as the per-(sample, channel) arrays would.
+template <typename acc_t>
+FBN_HOST_DEVICE ScaleShift<acc_t> group_rows_scale_shift(const GroupRowsCoefficients<acc_t>& rc, int64_t n,
+                                                         int64_t c) {
+  const int64_t ng = rc.group_of(n, c);
+  return group_scale_shift(rc.mean[ng], rc.rstd[ng], rc.weight, rc.bias, c);
+}
+// The parameter gradients of channel c: the parts' sums (rc.partials) in part order.
+FBN_HOST_DEVICE ParamGradSums group_merged_param_grads(const double* partials, int64_t parts, int64_t channels,
+                                                              int64_t c) {
+  ParamGradSums sums{0, 0};
+  for (int64_t part = 0; part < parts; ++part) {
+    sums.weight += partials[2 * (part * channels + c)];
+    sums.bias += partials[2 * (part * channels + c) + 1];
+  }
+  return sums;
 }
 
 // The host loops (CPU tensors).
@@ -128,6 +155,7 @@ void group_forward_coefficients(const acc_t* mean, const acc_t* var, double eps,
   for (int64_t ng = 0; ng < N * G; ++ng) {
     const acc_t r = group_rstd(var[ng], eps);
     rstd[ng] = r;
+    if (out.scale == nullptr) continue;  // the rows path: no per-(sample, channel) arrays
     const int64_t n = ng / G, c0 = (ng % G) * D;
     for (int64_t c = c0; c < c0 + D; ++c) {
       const ScaleShift<acc_t> s = group_scale_shift(mean[ng], r, weight, bias, c);
@@ -156,6 +184,16 @@ void group_backward_finalize(const GroupCoefficientArgs<acc_t>& a, const GroupBa
   }
   for (int64_t ng = 0; ng < a.batch * a.groups; ++ng)
     group_store_elemt_coefficients(a, k, count, ng, group_dxhat_sums(a, k, ng, 0, 1), 0, 1);
+}
+
+// Rows backward, between the passes: the parameter gradients from the parts' sums.
+template <typename acc_t>
+void group_rows_param_grads(const GroupRowsCoefficients<acc_t>& rc, acc_t* grad_weight, acc_t* grad_bias) {
+  for (int64_t c = 0; c < rc.channels; ++c) {
+    const ParamGradSums sums = group_merged_param_grads(rc.partials, rc.parts, rc.channels, c);
+    grad_weight[c] = static_cast<acc_t>(sums.weight);
+    grad_bias[c] = static_cast<acc_t>(sums.bias);
+  }
 }
 
 }  // namespace pyfusedbn

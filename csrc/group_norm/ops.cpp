@@ -4,6 +4,8 @@
 
 #include "coefficients.h"
 
+#include <atomic>
+
 namespace pyfusedbn {
 
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op) {
@@ -33,6 +35,25 @@ GroupAffine group_affine(const OptTensor& weight, const OptTensor& bias, const T
 double empty_group_rstd(double eps, at::ScalarType acc) {
   return acc == at::kDouble ? group_rstd(0.0, eps) : static_cast<double>(group_rstd(0.0f, eps));
 }
+
+GroupRowsState group_rows_state(const Tensor& mean, const Tensor& rstd, const GroupAffine& affine,
+                                const BnShape& shape, int64_t groups, bool with_workspace) {
+  GroupRowsState state{mean, rstd, affine, shape.channels, groups, Tensor(), Tensor(), 0};
+  if (with_workspace) {
+    state.parts = group_rows_parts(shape.batch);
+    state.coefficients = at::empty({2 * shape.batch * groups}, rstd.options());
+    state.partials = at::empty({2 * state.parts * shape.channels}, rstd.options().dtype(at::kDouble));
+  }
+  return state;
+}
+
+namespace {
+std::atomic<int64_t> g_workspace_bytes{0};
+}  // namespace
+
+void set_group_workspace_bytes(int64_t bytes) { g_workspace_bytes.store(bytes); }
+void add_group_workspace_bytes(int64_t bytes) { g_workspace_bytes.fetch_add(bytes); }
+int64_t group_norm_workspace_bytes() { return g_workspace_bytes.load(); }
 
 GroupWorkspace group_workspace(int64_t arrays, int64_t batch, int64_t channels, const Tensor& like,
                                at::ScalarType acc) {

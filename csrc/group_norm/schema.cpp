@@ -4,6 +4,8 @@
 // layer op's autograd is C++ (csrc/group_norm/autograd.cpp).
 #include <torch/library.h>
 
+#include "ops.h"
+
 TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
   // act(group_norm(input) * weight + bias + residual) with statistics per (sample, group);
   // mean and rstd (N, num_groups, accumulate dtype) feed the backward op.
@@ -35,6 +37,9 @@ TORCH_LIBRARY_FRAGMENT(pyfusedbn, m) {
   // (pyfusedbn/group_norm_autograd.py) share one definition.
   // group_norm_act_layer's backward from what its forward saved (input, weight, bias, residual,
   // mean, rstd), as batch_norm_act_layer_backward.
+  // Bytes of scratch memory the latest group_norm_act / group_norm_act_backward call used beyond
+  // its outputs (tests hold the LayerNorm2d rows path to its bound with it).
+  m.def("group_norm_workspace_bytes() -> int", &pyfusedbn::group_norm_workspace_bytes);
   m.def(
       "group_norm_act_layer_backward(Tensor grad_out, Tensor input, Tensor? weight, Tensor? bias, "
       "Tensor? residual, Tensor mean, Tensor rstd, int num_groups, float eps, str activation, "

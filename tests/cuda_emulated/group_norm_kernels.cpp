@@ -1,6 +1,6 @@
 // GroupNorm's CUDA launchers (csrc/cuda: launch_group_stats, launch_group_apply,
 // launch_group_backward_prepare, launch_group_backward_reduce, launch_group_backward_finalize,
-// launch_group_backward_elemt) on the emulator, against float64 references written here: a
+// launch_group_backward_elemt, and the rows path's launch_group_rows_*) on the emulator, against float64 references written here: a
 // forward and backward per case, in the four dtypes, NCHW, NHWC and LayerNorm2d rows
 // (batch split into parts past 1024 samples), InstanceNorm groups, misaligned views, residual.
 //   group_norm_kernels [--order forward|reverse|random:SEED] [--sms N] [--filter TEXT]
@@ -32,6 +32,9 @@ const Case kCases[] = {
     {"nhwc_instance_2x4x7_g4", 2, 4, 7, 4, true, 0, true},
     {"nhwc_offset_3x8x4_g2", 3, 8, 4, 2, true, 1, true},
     {"rows_1100x3_g1", 1100, 3, 1, 1, true, 0, true, true},
+    {"rows_6x70_g2", 6, 70, 1, 2, true, 0, true},
+    {"rows_offset_5x8_g1", 5, 8, 1, 1, true, 1, false},
+    {"rows_1030x40_g1", 1030, 40, 1, 1, true, 0, true, true},
 };
 
 template <typename scalar_t>
@@ -133,6 +136,41 @@ void run_case(const Case& k, const ActRef& act, bool residual, const Options& op
   if (residual) rep.check(where, "grad_residual", gr.data(), g, tolerance<scalar_t>);
   rep.check_guard(where, "grad_input", gi);
   rep.check_guard(where, "grad_residual", gr);
+  if (!fbn::group_rows_layout(shape)) return;
+
+  // The rows path's launchers (one position per sample: no per-(sample, channel) arrays) against
+  // the same references.
+  const std::string rows = where + " rows_path";
+  Buffer<scalar_t> y_rows(numel, k.offset), gi_rows(numel, k.offset), gr_rows(numel, k.offset);
+  std::vector<acc_t> r_mean(N * G), r_var(N * G), r_rstd(N * G), r_coefs(2 * N * G), r_gw(C), r_gb(C);
+  fbn::cuda::launch_group_stats(fbn::GroupStatsArgs<scalar_t, acc_t>{x.data(), r_mean.data(), r_var.data(), shape, G},
+                                fbn::cuda::GroupForwardOutputs<acc_t>{w_ptr, b_ptr, eps, r_rstd.data(), {nullptr, nullptr}},
+                                ctx);
+  rep.check(rows, "mean", r_mean.data(), mean, tolerance<acc_t>);
+  rep.check(rows, "rstd", r_rstd.data(), rstd, tolerance<acc_t>);
+  const int64_t row_parts = fbn::group_rows_parts(N);
+  Buffer<double> row_partials(2 * row_parts * C);
+  const fbn::GroupRowsCoefficients<acc_t> rc{r_mean.data(), r_rstd.data(), w_ptr, b_ptr, C, G,
+                                             r_coefs.data(), r_coefs.data() + N * G, row_partials.data(), row_parts};
+  fbn::cuda::launch_group_rows_apply<scalar_t, acc_t>(
+      {x.data(), residual ? res.data() : nullptr, nullptr, nullptr, y_rows.data(), param, shape}, rc, kind, ctx);
+  rep.check(rows, "output", y_rows.data(), yd, tolerance<scalar_t>);
+  rep.check_guard(rows, "output", y_rows);
+  fbn::cuda::launch_group_rows_backward_reduce<scalar_t, acc_t>(
+      {dy.data(), x.data(), residual_ptr, nullptr, nullptr, nullptr, nullptr, nullptr, param, shape}, rc, count, kind,
+      ctx);
+  rep.check_guard(rows, "partials", row_partials);
+  fbn::cuda::launch_group_rows_backward_finalize(rc, r_gw.data(), r_gb.data(), ctx);
+  rep.check(rows, "grad_weight", r_gw.data(), gw, tolerance<scalar_t>);
+  rep.check(rows, "grad_bias", r_gb.data(), gb, tolerance<scalar_t>);
+  fbn::cuda::launch_group_rows_backward_elemt<scalar_t, acc_t>(
+      {dy.data(), x.data(), residual_ptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, gi_rows.data(),
+       residual ? gr_rows.data() : nullptr, param, shape},
+      rc, kind, ctx);
+  rep.check(rows, "grad_input", gi_rows.data(), gi_ref, tolerance<scalar_t>);
+  if (residual) rep.check(rows, "grad_residual", gr_rows.data(), g, tolerance<scalar_t>);
+  rep.check_guard(rows, "grad_input", gi_rows);
+  rep.check_guard(rows, "grad_residual", gr_rows);
 }
 
 struct Suite {
