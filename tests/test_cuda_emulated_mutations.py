@@ -22,10 +22,10 @@ MUTATIONS = [
      "return reduction_parts_bound(shape, num_sms); }", "return reduction_parts_bound(shape, num_sms) - 1; }",
      "batch_norm_kernels"),
     ("param_grad_merge_loop_bounds_swapped", "cuda/group_norm_finalize.cu",
-     "c < channels;\n       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {\n    double weight = 0, bias = 0;\n"
-     "    for (int64_t part = 0; part < parts; ++part) {",
-     "c < parts;\n       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {\n    double weight = 0, bias = 0;\n"
-     "    for (int64_t part = 0; part < channels; ++part) {",
+     "c < channels;\n       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {\n"
+     "    const ParamGradSums sums = group_merged_param_grads(partials, parts, channels, c);",
+     "c < parts;\n       c += static_cast<int64_t>(gridDim.x) * blockDim.x) {\n"
+     "    const ParamGradSums sums = group_merged_param_grads(partials, channels, parts, c);",
      "group_norm_kernels"),
 ]
 
