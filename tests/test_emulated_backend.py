@@ -15,6 +15,7 @@ import emulated_backend
 EMULATOR = emulated_backend.load()  # before pyfusedbn: it becomes pyfusedbn._C
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
 import torch  # noqa: E402
 
 import pyfusedbn  # noqa: E402
@@ -23,7 +24,9 @@ from group_norm_cases import GROUP_CASES, check_against_float64  # noqa: E402
 from helpers import TOLERANCE, assert_close, random_input, reference_batch_norm_act  # noqa: E402
 from test_parity import PARAMS, make_module, run_steps  # noqa: E402
 
+import test_fuzz as batch_norm_fuzz  # noqa: E402
 import test_gradcheck as gradcheck_tests  # noqa: E402
+import test_group_norm_fuzz as group_norm_fuzz  # noqa: E402
 import test_group_norm_ops as group_norm_ops_tests  # noqa: E402
 import test_memory_efficient as memory_efficient_tests  # noqa: E402
 # The CPU suite's tests that are small already, run here on the emulated CUDA backend as they are.
@@ -254,3 +257,28 @@ SMALL_GROUP_CASES = [c for c in GROUP_CASES if c[0] not in ("4d_long_plane", "4d
 @pytest.mark.parametrize("case", SMALL_GROUP_CASES, ids=[c[0] for c in SMALL_GROUP_CASES])
 def test_group_norm_dtypes_and_layouts(case, dtype, generator, poison_empty):
     check_against_float64(case, dtype, "silu", generator)
+
+
+# The fuzzers' examples (tests/test_fuzz.py, tests/test_group_norm_fuzz.py: shapes 1-13 per dimension,
+# every activation, dtype, layout, residual, momentum, affine) on the CUDA backend, fewer of them: the
+# same check bodies against their float64 composites. The device fixture above holds for all of a
+# test's examples (hence the function-scoped-fixture health check is off).
+EMULATED_FUZZ = settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@EMULATED_FUZZ
+@given(case=batch_norm_fuzz.cases())
+def test_batch_norm_fuzz(case):
+    batch_norm_fuzz.check(case, "cpu")
+
+
+@EMULATED_FUZZ
+@given(case=group_norm_fuzz.cases())
+def test_group_norm_fuzz(case):
+    group_norm_fuzz.check(case, "cpu")
+
+
+@EMULATED_FUZZ
+@given(case=group_norm_fuzz.instance_and_layer_cases())
+def test_instance_and_layer_norm_fuzz(case):
+    group_norm_fuzz.check_instance_or_layer(case, "cpu")
