@@ -10,6 +10,7 @@
 #include "../group_norm/backward_ops.h"
 #include "../group_norm/coefficients.h"
 #include "binding_utils.h"
+#include "group_norm_fused.h"
 #include "group_norm_kernels.h"
 #include "group_norm_rows.h"
 
@@ -51,6 +52,54 @@ struct CpuGroupBackend {
                                             f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         cpu::group_apply_kernel<decltype(activation), decltype(has_residual)::value>(args);
+      });
+    });
+  }
+
+  // The part-by-part walk (group_norm_fused.h) where it applies; the steps below elsewhere.
+  static bool fuses_groups(const BnShape& shape, int64_t groups, const Tensor& input) {
+    return cpu::fuses_groups(shape, groups, static_cast<int64_t>(c10::elementSize(acc_type_of(input))));
+  }
+
+  // Counted as the two passes it runs, as the steps are.
+  static void group_forward(const Tensor& x, const OptTensor& residual, int64_t groups, double eps,
+                            const GroupAffine& affine, ActKind act, double param, Tensor& mean, Tensor& rstd,
+                            const GroupWorkspace& workspace, Tensor& out, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_fused_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto f = forward_arrays<acc_t>(workspace);
+      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), f.scale,
+                                            f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
+      const auto coefs = coefficient_args<acc_t>(mean, rstd, affine, shape, groups);
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        cpu::group_forward_fused_kernel<decltype(activation), decltype(has_residual)::value>(
+            coefs, eps, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), f, args);
+      });
+    });
+  }
+
+  static void group_backward(const Tensor& dy, const Tensor& x, const OptTensor& residual, const Tensor& mean,
+                             const Tensor& rstd, const GroupAffine& affine, int64_t groups, double count,
+                             const GroupWorkspace& workspace, ActKind act, double param, Tensor& grad_input,
+                             Tensor& grad_residual, Tensor& grad_weight, Tensor& grad_bias, const BnShape& shape) {
+    count_kernel_call(KernelDevice::CPU);
+    count_kernel_call(KernelDevice::CPU);
+    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_backward_fused_cpu", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      const auto k = GroupBackwardArrays<acc_t>::from([&](int64_t i) { return workspace.array<acc_t>(i); });
+      const auto coefs = coefficient_args<acc_t>(mean, rstd, affine, shape, groups);
+      const acc_t p = static_cast<acc_t>(param);
+      const auto reduce = k.reduce_args(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), p, shape);
+      const auto elemt = k.elemt_args(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual),
+                                      grad_input.data_ptr<scalar_t>(),
+                                      residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr, p, shape);
+      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
+        using Act = decltype(activation);
+        if (cpu::kKeepsGrad<Act, false>) add_group_workspace_bytes(cpu::fused_grad_cache_bytes<acc_t>(shape, groups));
+        cpu::group_backward_fused_kernel<Act, decltype(has_residual)::value>(
+            coefs, k, count, reduce, elemt, grad_weight.data_ptr<acc_t>(), grad_bias.data_ptr<acc_t>());
       });
     });
   }

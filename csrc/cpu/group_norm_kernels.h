@@ -37,50 +37,55 @@ inline T* shifted(T* p, int64_t by) {
   return p == nullptr ? p : p + by;  // absent residuals stay nullptr
 }
 
-// Each argument struct restricted to sample n: tensors start at n*C*S, coefficients and sums at n*C.
+// Each argument struct restricted to a slice of the input: its elements start at `elems`, its
+// coefficients and sums at `coefs`, and it is `shape` (a BatchNorm batch of one).
 template <typename scalar_t, typename acc_t>
-ApplyArgs<scalar_t, acc_t> sample_of(ApplyArgs<scalar_t, acc_t> a, int64_t n) {
-  const int64_t C = a.shape.channels, elems = n * C * a.shape.spatial;
+ApplyArgs<scalar_t, acc_t> part_of(ApplyArgs<scalar_t, acc_t> a, int64_t elems, int64_t coefs, const BnShape& shape) {
   a.input += elems;
   a.residual = shifted(a.residual, elems);
   a.output += elems;
-  a.scale += n * C;
-  a.shift += n * C;
-  a.shape = sample_shape(a.shape);
+  a.scale += coefs;
+  a.shift += coefs;
+  a.shape = shape;
   return a;
 }
 
 template <typename scalar_t, typename acc_t>
-ReduceArgs<scalar_t, acc_t> sample_of(ReduceArgs<scalar_t, acc_t> a, int64_t n) {
-  const int64_t C = a.shape.channels, elems = n * C * a.shape.spatial;
+ReduceArgs<scalar_t, acc_t> part_of(ReduceArgs<scalar_t, acc_t> a, int64_t elems, int64_t coefs, const BnShape& shape) {
   a.grad_out += elems;
   a.saved += elems;
   a.residual = shifted(a.residual, elems);
-  a.mean += n * C;
-  a.scale += n * C;
-  a.bias += n * C;
-  a.sum_g += n * C;
-  a.sum_g_xc += n * C;
-  a.shape = sample_shape(a.shape);
+  a.mean += coefs;
+  a.scale += coefs;
+  a.bias += coefs;
+  a.sum_g += coefs;
+  a.sum_g_xc += coefs;
+  a.shape = shape;
   return a;
 }
 
 template <typename scalar_t, typename acc_t>
-ElemtArgs<scalar_t, acc_t> sample_of(ElemtArgs<scalar_t, acc_t> a, int64_t n) {
-  const int64_t C = a.shape.channels, elems = n * C * a.shape.spatial;
+ElemtArgs<scalar_t, acc_t> part_of(ElemtArgs<scalar_t, acc_t> a, int64_t elems, int64_t coefs, const BnShape& shape) {
   a.grad_out += elems;
   a.saved += elems;
   a.residual = shifted(a.residual, elems);
   a.grad_input += elems;
   a.grad_residual = shifted(a.grad_residual, elems);
-  a.mean += n * C;
-  a.scale += n * C;
-  a.bias += n * C;
-  a.coef_g += n * C;
-  a.coef_xc += n * C;
-  a.coef_const += n * C;
-  a.shape = sample_shape(a.shape);
+  a.mean += coefs;
+  a.scale += coefs;
+  a.bias += coefs;
+  a.coef_g += coefs;
+  a.coef_xc += coefs;
+  a.coef_const += coefs;
+  a.shape = shape;
   return a;
+}
+
+// Each argument struct restricted to sample n of a channels_last input.
+template <typename Args>
+Args sample_of(const Args& a, int64_t n) {
+  const int64_t C = a.shape.channels;
+  return part_of(a, n * C * a.shape.spatial, n * C, sample_shape(a.shape));
 }
 
 // Calls body(n) for every sample: one after another when a sample has work for every thread
@@ -112,6 +117,20 @@ void run_as_batch_norm(const Args& a, Kernel kernel) {
   }
 }
 
+// Groups [g0, g1)'s mean and biased variance from their channels' (D consecutive channels per
+// group, S values each), merged in double as the BatchNorm statistics merge.
+template <typename acc_t>
+void merge_channel_stats(const acc_t* c_mean, const acc_t* c_var, int64_t S, int64_t D, int64_t g0, int64_t g1,
+                         acc_t* mean, acc_t* var) {
+  for (int64_t g = g0; g < g1; ++g) {
+    MeanM2<double> acc{0, 0, 0};
+    for (int64_t c = g * D; c < (g + 1) * D; ++c)
+      acc = chan_merge(acc, MeanM2<double>{c_mean[c], static_cast<double>(c_var[c]) * static_cast<double>(S), S});
+    mean[g] = static_cast<acc_t>(acc.mean);
+    var[g] = static_cast<acc_t>(acc.m2 / static_cast<double>(acc.count));
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void group_stats_kernel(const GroupStatsArgs<scalar_t, acc_t>& a) {
   const int64_t N = a.shape.batch, C = a.shape.channels, S = a.shape.spatial, G = a.groups;
@@ -127,13 +146,7 @@ void group_stats_kernel(const GroupStatsArgs<scalar_t, acc_t>& a) {
                                             sample_shape(a.shape)});
   });
   at::parallel_for(0, N * G, 1, [&](int64_t g0, int64_t g1) {
-    for (int64_t ng = g0; ng < g1; ++ng) {
-      MeanM2<double> acc{0, 0, 0};  // in double, as the BatchNorm statistics merge
-      for (int64_t c = ng * D; c < (ng + 1) * D; ++c)
-        acc = chan_merge(acc, MeanM2<double>{nc_mean[c], static_cast<double>(nc_var[c]) * static_cast<double>(S), S});
-      a.mean[ng] = static_cast<acc_t>(acc.mean);
-      a.var[ng] = static_cast<acc_t>(acc.m2 / static_cast<double>(acc.count));
-    }
+    merge_channel_stats(nc_mean.data(), nc_var.data(), S, D, g0, g1, a.mean, a.var);
   });
 }
 

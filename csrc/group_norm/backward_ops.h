@@ -68,6 +68,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> group_norm_act_backward(
     if (!empty) Backend::rows_backward_elemt(dy, x.input, res, rows, act, activation_param, grad_input, grad_residual, x.shape);
     return {grad_input, grad_weight, grad_bias, grad_residual};
   }
+  if constexpr (WalksGroupParts<Backend>::value) {
+    if (!empty && walks_group_parts<Backend>(x.shape, G, input)) {
+      const GroupWorkspace workspace = group_workspace(kGroupBackwardArrays, N, C, input, acc);
+      set_group_workspace_bytes(workspace.nbytes());
+      Backend::group_backward(dy, x.input, res, mean_acc, rstd_acc, affine, G, count, workspace, act, activation_param,
+                              grad_input, grad_residual, grad_weight, grad_bias, x.shape);
+      return {grad_input, grad_weight, grad_bias, grad_residual};
+    }
+  }
   BackwardCoefficients k{group_workspace(kGroupBackwardArrays, N, C, input, acc), Backend::grad_cache(x.input, act)};
   set_group_workspace_bytes(k.workspace.nbytes() + (k.grad_cache.defined() ? static_cast<int64_t>(k.grad_cache.nbytes()) : 0));
   if (empty) {

@@ -175,15 +175,26 @@ void group_backward_prepare(const GroupCoefficientArgs<acc_t>& a, const GroupBac
 // Backward, between the passes: parameter gradients (C values) and elementwise coefficients;
 // count = elements per group.
 template <typename acc_t>
-void group_backward_finalize(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k,
-                             double count, acc_t* grad_weight, acc_t* grad_bias) {
+void group_param_grads(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k, acc_t* grad_weight,
+                       acc_t* grad_bias) {
   for (int64_t c = 0; c < a.channels; ++c) {
     const ParamGradSums sums = group_param_grad_sums(a, k, c, 0, a.batch, 1);
     grad_weight[c] = static_cast<acc_t>(sums.weight);
     grad_bias[c] = static_cast<acc_t>(sums.bias);
   }
-  for (int64_t ng = 0; ng < a.batch * a.groups; ++ng)
+}
+// The elementwise coefficients of groups [ng0, ng1) (all their reduction sums are in).
+template <typename acc_t>
+void group_elemt_coefficients(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k, double count,
+                              int64_t ng0, int64_t ng1) {
+  for (int64_t ng = ng0; ng < ng1; ++ng)
     group_store_elemt_coefficients(a, k, count, ng, group_dxhat_sums(a, k, ng, 0, 1), 0, 1);
+}
+template <typename acc_t>
+void group_backward_finalize(const GroupCoefficientArgs<acc_t>& a, const GroupBackwardArrays<acc_t>& k,
+                             double count, acc_t* grad_weight, acc_t* grad_bias) {
+  group_param_grads(a, k, grad_weight, grad_bias);
+  group_elemt_coefficients(a, k, count, 0, a.batch * a.groups);
 }
 
 // Rows backward, between the passes: the parameter gradients from the parts' sums.

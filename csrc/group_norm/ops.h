@@ -6,6 +6,7 @@
 
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../common/checks.h"
@@ -109,6 +110,20 @@ GroupCoefficientArgs<acc_t> coefficient_args(const Tensor& mean, const Tensor& r
 
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 
+// A Backend may also run each direction part by part, both passes of a part while it is in cache
+// (CPU: cpu/group_norm_fused.h): it then has fuses_groups(shape, groups, input), which says where it
+// does, group_forward and group_backward. Others (CUDA) run the steps below.
+template <typename B, typename = void>
+struct WalksGroupParts : std::false_type {};
+template <typename B>
+struct WalksGroupParts<B, std::void_t<decltype(&B::fuses_groups)>> : std::true_type {};
+
+template <typename Backend>
+bool walks_group_parts(const BnShape& shape, int64_t groups, const Tensor& input) {
+  if constexpr (WalksGroupParts<Backend>::value) return Backend::fuses_groups(shape, groups, input);
+  else return false;
+}
+
 // Backend steps, per direction (CPU: cpu/group_norm_binding.cpp, CUDA: cuda/group_norm_binding.cpp):
 // forward  group_stats (mean, rstd and the apply pass's scale / shift), apply (rows: rows_apply);
 // backward backward_prepare (rebuild coefficients), backward_reduce (sums),
@@ -139,6 +154,13 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   const GroupWorkspace workspace = group_workspace(rows ? 0 : kGroupForwardArrays, N, C, input, acc);
   set_group_workspace_bytes(workspace.nbytes());
   const GroupAffine affine = group_affine(weight, bias, input);
+  if constexpr (WalksGroupParts<Backend>::value) {
+    if (!rows && walks_group_parts<Backend>(x.shape, num_groups, input)) {
+      Backend::group_forward(x.input, res, num_groups, eps, affine, act, activation_param, mean, rstd, workspace, out,
+                             x.shape);
+      return {out, mean, rstd};
+    }
+  }
   Backend::group_stats(x.input, x.shape, num_groups, eps, affine, mean, rstd, workspace);
   if (rows)
     Backend::rows_apply(x.input, res, group_rows_state(mean, rstd, affine, x.shape, num_groups, false), act,
