@@ -2,10 +2,12 @@
 forward+backward, on every ResNet-50 BatchNorm shape, NCHW and channels_last, float32, bfloat16
 and float16 (issue 11: the 16-bit kernels should gain at least what float32 gains).
 
-    python -m benchmarks.cpu_dtypes [--threads 2] [--batch 8] [--repeats 15] [--dtypes ...] [--out DIR]
+    python -m benchmarks.cpu_dtypes [--threads 2] [--batch 8] [--repeats 15] [--dtypes ...]
+        [--keep-freed-memory] [--out DIR]
 
 Both contenders are timed round-robin in one process (benchmarks/common/timing.py), same input
 every step, median of the repeats; the table and benchmarks/results/cpu_dtypes.json hold the same numbers.
+"faults" are each contender's minor page faults per step (benchmarks/common/allocator.py).
 """
 import argparse
 import math
@@ -17,6 +19,7 @@ import pyfusedbn
 
 from .cases import BATCH, resnet50_bn_shapes
 from .microbench import EagerBatchNormAct
+from .common.allocator import add_allocator_arg, configure_allocator
 from .common.results import save_json
 from .common.timing import time_contenders
 
@@ -40,7 +43,9 @@ def measure(shape, dtype: torch.dtype, channels_last: bool, repeats: int) -> Dic
     timings = time_contenders({"eager": lambda: step(eager), "fused": lambda: step(fused)},
                               torch.device("cpu"), warmup=3, repeats=repeats)
     eager_ms, fused_ms = timings["eager"].median * 1e3, timings["fused"].median * 1e3
-    return {"eager_ms": eager_ms, "fused_ms": fused_ms, "speedup": eager_ms / fused_ms}
+    return {"eager_ms": eager_ms, "fused_ms": fused_ms, "speedup": eager_ms / fused_ms,
+            "eager_faults": timings["eager"].summary()["faults_per_call"],
+            "fused_faults": timings["fused"].summary()["faults_per_call"]}
 
 
 def run(threads: int, batch: int, repeats: int, dtypes: List[str], shapes=None) -> List[dict]:
@@ -48,8 +53,8 @@ def run(threads: int, batch: int, repeats: int, dtypes: List[str], shapes=None) 
     torch.set_num_threads(threads)
     rows = []
     print(f"threads {threads}, batch {batch}, BatchNorm2d+ReLU training fwd+bwd, median of {repeats} (ms)")
-    print("| shape | layout | dtype | eager ms | fused ms | speed-up |")
-    print("| --- | --- | --- | ---: | ---: | ---: |")
+    print("| shape | layout | dtype | eager ms | fused ms | speed-up | faults eager / fused |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
     for channels, height, width, label in shapes or resnet50_bn_shapes():
         shape = (batch, channels, height, width)
         for channels_last in (False, True):
@@ -59,7 +64,8 @@ def run(threads: int, batch: int, repeats: int, dtypes: List[str], shapes=None) 
                            layout="channels_last" if channels_last else "nchw")
                 rows.append(row)
                 print(f"| {channels}x{height}x{width} | {row['layout']} | {dtype} | {row['eager_ms']:.3f} "
-                      f"| {row['fused_ms']:.3f} | {row['speedup']:.2f}x |", flush=True)
+                      f"| {row['fused_ms']:.3f} | {row['speedup']:.2f}x | {row['eager_faults']:.0f} / {row['fused_faults']:.0f} |",
+                      flush=True)
     for dtype in dtypes:
         ups = [r["speedup"] for r in rows if r["dtype"] == dtype]
         print(f"{dtype}: min {min(ups):.2f}x, geometric mean {math.exp(sum(map(math.log, ups)) / len(ups)):.2f}x")
@@ -73,10 +79,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--out", default="benchmarks/results")
+    add_allocator_arg(parser)
     args = parser.parse_args(argv)
+    allocator = configure_allocator(args)
     rows = run(args.threads, args.batch, args.repeats, args.dtypes)
     path = save_json(args.out, "cpu_dtypes.json", {"threads": args.threads, "batch": args.batch,
-                                                   "repeats": args.repeats, "rows": rows})
+                                                   "repeats": args.repeats, "allocator": allocator, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -2,13 +2,15 @@
 of the eager pair, on diffusion-UNet shapes, fp32/bf16, NCHW/NHWC, forward + backward.
 
     python -m benchmarks.group_norm_bench [--quick|--full] [--device cpu|cuda] [--threads 2]
-        [--compile none|headline|all] [--repeats 10] [--out benchmarks/results]
+        [--compile none|headline|all] [--repeats 10] [--keep-freed-memory] [--out benchmarks/results]
 
 Bytes moved are the fused algorithm's compulsory traffic, the same for every contender: forward
 reads x twice (statistics, normalise) and writes y; backward reads dy and x twice (reduce, then
 elementwise) and writes dx: 8 tensor-sized passes. GB/s is compared with the device's measured
 copy bandwidth (benchmarks/common/timing.py). Quick mode uses batch 2 instead of 8 (a few seconds per
-case on a small CPU); --full the UNet batch of 8.
+case on a small CPU); --full the UNet batch of 8. "faults" is the process's minor page faults per
+step: at batch 8 they can be most of a step's time, and vary between runs; --keep-freed-memory
+takes most of them out (benchmarks/common/allocator.py).
 """
 import argparse
 import time
@@ -18,6 +20,7 @@ import torch.nn as nn
 
 import pyfusedbn
 
+from .common.allocator import add_allocator_arg, configure_allocator
 from .common.cli import add_common_args, resolve_device
 from .common.results import save_json
 from .common.timing import copy_bandwidth, time_contenders
@@ -101,14 +104,16 @@ def run(quick, device, compile_policy, repeats, max_case_s=8.0):
 
 
 def table(result) -> str:
+    kept = result.get("allocator", {}).get("applied")
     head = (f"GroupNorm({result['groups']}) + SiLU, forward + backward, {result['device']}, "
-            f"{result['threads']} threads; copy bandwidth {result['copy_bandwidth']['gbps']:.1f} GB/s")
+            f"{result['threads']} threads; copy bandwidth {result['copy_bandwidth']['gbps']:.1f} GB/s"
+            + ("; freed memory kept" if kept else ""))
     lines = [head, f"{'shape':<20} {'dtype':<9} {'layout':<6} {'contender':<9} {'median ms':>10} "
-                   f"{'GB/s':>7} {'% copy':>7} {'x eager':>8}"]
+                   f"{'GB/s':>7} {'% copy':>7} {'x eager':>8} {'faults':>7}"]
     for r in result["rows"]:
         lines.append(f"{'x'.join(map(str, r['shape'])):<20} {r['dtype']:<9} {r['layout']:<6} "
                      f"{r['contender']:<9} {1e3 * r['median_s']:>10.2f} {r['gbps']:>7.1f} "
-                     f"{r['pct_copy_bw']:>7.1f} {r['speedup_vs_eager']:>8.2f}")
+                     f"{r['pct_copy_bw']:>7.1f} {r['speedup_vs_eager']:>8.2f} {r.get('faults_per_call') or 0:>7.0f}")
     return "\n".join(lines)
 
 
@@ -117,9 +122,12 @@ def main(argv=None):
     add_common_args(parser, progress=False)
     parser.add_argument("--compile", default="headline", choices=("none", "headline", "all"))
     parser.add_argument("--repeats", type=int, default=10)
+    add_allocator_arg(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    allocator = configure_allocator(args)
     result = run(args.quick, resolve_device(args.device), args.compile, args.repeats)
+    result["allocator"] = allocator
     save_json(args.out, "group_norm_bench.json", result)
     print(table(result))
 

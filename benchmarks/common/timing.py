@@ -11,6 +11,8 @@ from typing import Callable, Dict, List, Tuple
 
 import torch
 
+from .allocator import minor_faults
+
 
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
@@ -25,6 +27,7 @@ class Timing:
     samples: List[float] = field(default_factory=list)
     inner: int = 1
     cpu_samples: List[float] = field(default_factory=list)
+    fault_samples: List[float] = field(default_factory=list)  # minor page faults per call, whole process
 
     @property
     def median(self) -> float:
@@ -44,17 +47,20 @@ class Timing:
     def summary(self) -> dict:
         return {"median_s": self.median, "q1_s": self.quantile(0.25), "q3_s": self.quantile(0.75),
                 "iqr_s": self.iqr, "min_s": min(self.samples), "repeats": len(self.samples),
-                "inner": self.inner, "cpu_median_s": statistics.median(self.cpu_samples)}
+                "inner": self.inner, "cpu_median_s": statistics.median(self.cpu_samples),
+                "faults_per_call": statistics.median(self.fault_samples) if self.fault_samples else None}
 
 
-def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> Tuple[float, float]:
-    """(wall, thread CPU) seconds per call."""
+def _time_once(fn: Callable[[], object], inner: int, device: torch.device) -> Tuple[float, float, float]:
+    """(wall, thread CPU) seconds per call, and minor page faults per call."""
     synchronize(device)
+    faults = minor_faults()
     start, start_cpu = time.perf_counter(), time.thread_time()
     for _ in range(inner):
         fn()
     synchronize(device)
-    return (time.perf_counter() - start) / inner, (time.thread_time() - start_cpu) / inner
+    wall, cpu = (time.perf_counter() - start) / inner, (time.thread_time() - start_cpu) / inner
+    return wall, cpu, (minor_faults() - faults) / inner
 
 
 def time_contenders(contenders: Dict[str, Callable[[], object]], device: torch.device,
@@ -67,14 +73,15 @@ def time_contenders(contenders: Dict[str, Callable[[], object]], device: torch.d
     for name, fn in contenders.items():
         for _ in range(warmup):
             fn()
-        once, _ = _time_once(fn, 1, device)
+        once, _, _ = _time_once(fn, 1, device)
         timings[name] = Timing(inner=max(1, int(min_repeat_s / max(once, 1e-9))))
     start = time.perf_counter()
     for repeat in range(repeats):
         for name, fn in contenders.items():
-            wall, cpu = _time_once(fn, timings[name].inner, device)
+            wall, cpu, faults = _time_once(fn, timings[name].inner, device)
             timings[name].samples.append(wall)
             timings[name].cpu_samples.append(cpu)
+            timings[name].fault_samples.append(faults)
         if repeat >= 2 and time.perf_counter() - start > max_total_s:
             break
     return timings

@@ -56,30 +56,10 @@ struct CpuGroupBackend {
     });
   }
 
-  // The part-by-part walk (group_norm_fused.h) where it applies; the steps below elsewhere.
-  static bool fuses_groups(const BnShape& shape, int64_t groups, const Tensor& input) {
-    return cpu::fuses_groups(shape, groups, static_cast<int64_t>(c10::elementSize(acc_type_of(input))));
-  }
+  // The backward part by part (group_norm_fused.h) where it applies; the steps below elsewhere.
+  static bool fuses_groups(const BnShape& shape, int64_t, const Tensor&) { return cpu::fuses_groups(shape); }
 
   // Counted as the two passes it runs, as the steps are.
-  static void group_forward(const Tensor& x, const OptTensor& residual, int64_t groups, double eps,
-                            const GroupAffine& affine, ActKind act, double param, Tensor& mean, Tensor& rstd,
-                            const GroupWorkspace& workspace, Tensor& out, const BnShape& shape) {
-    count_kernel_call(KernelDevice::CPU);
-    count_kernel_call(KernelDevice::CPU);
-    FBN_DISPATCH_FLOATING(x.scalar_type(), "group_norm_act_fused_cpu", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      const auto f = forward_arrays<acc_t>(workspace);
-      const ApplyArgs<scalar_t, acc_t> args{x.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(residual), f.scale,
-                                            f.shift, out.data_ptr<scalar_t>(), static_cast<acc_t>(param), shape};
-      const auto coefs = coefficient_args<acc_t>(mean, rstd, affine, shape, groups);
-      dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
-        cpu::group_forward_fused_kernel<decltype(activation), decltype(has_residual)::value>(
-            coefs, eps, mean.data_ptr<acc_t>(), rstd.data_ptr<acc_t>(), f, args);
-      });
-    });
-  }
-
   static void group_backward(const Tensor& dy, const Tensor& x, const OptTensor& residual, const Tensor& mean,
                              const Tensor& rstd, const GroupAffine& affine, int64_t groups, double count,
                              const GroupWorkspace& workspace, ActKind act, double param, Tensor& grad_input,
@@ -97,7 +77,7 @@ struct CpuGroupBackend {
                                       residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr, p, shape);
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         using Act = decltype(activation);
-        if (cpu::kKeepsGrad<Act, false>) add_group_workspace_bytes(cpu::fused_grad_cache_bytes<acc_t>(shape, groups));
+        if (cpu::kKeepsGrad<Act, false>) add_group_workspace_bytes(cpu::fused_grad_cache_bytes<acc_t>(shape));
         cpu::group_backward_fused_kernel<Act, decltype(has_residual)::value>(
             coefs, k, count, reduce, elemt, grad_weight.data_ptr<acc_t>(), grad_bias.data_ptr<acc_t>());
       });

@@ -110,9 +110,9 @@ GroupCoefficientArgs<acc_t> coefficient_args(const Tensor& mean, const Tensor& r
 
 void check_num_groups(const Tensor& input, int64_t num_groups, const char* op);
 
-// A Backend may also run each direction part by part, both passes of a part while it is in cache
+// A Backend may also run the backward part by part, both passes of a part while it is in cache
 // (CPU: cpu/group_norm_fused.h): it then has fuses_groups(shape, groups, input), which says where it
-// does, group_forward and group_backward. Others (CUDA) run the steps below.
+// does, and group_backward. Others (CUDA) run the steps below.
 template <typename B, typename = void>
 struct WalksGroupParts : std::false_type {};
 template <typename B>
@@ -154,13 +154,6 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_act(const Tensor& input, const Opt
   const GroupWorkspace workspace = group_workspace(rows ? 0 : kGroupForwardArrays, N, C, input, acc);
   set_group_workspace_bytes(workspace.nbytes());
   const GroupAffine affine = group_affine(weight, bias, input);
-  if constexpr (WalksGroupParts<Backend>::value) {
-    if (!rows && walks_group_parts<Backend>(x.shape, num_groups, input)) {
-      Backend::group_forward(x.input, res, num_groups, eps, affine, act, activation_param, mean, rstd, workspace, out,
-                             x.shape);
-      return {out, mean, rstd};
-    }
-  }
   Backend::group_stats(x.input, x.shape, num_groups, eps, affine, mean, rstd, workspace);
   if (rows)
     Backend::rows_apply(x.input, res, group_rows_state(mean, rstd, affine, x.shape, num_groups, false), act,
