@@ -57,7 +57,10 @@ struct CpuGroupBackend {
   }
 
   // The backward part by part (group_norm_fused.h) where it applies; the steps below elsewhere.
-  static bool fuses_groups(const BnShape& shape, int64_t, const Tensor&) { return cpu::fuses_groups(shape); }
+  static bool fuses_groups(const BnShape& shape, int64_t groups, const Tensor& input) {
+    return cpu::fuses_groups(shape, groups, static_cast<int64_t>(input.element_size()),
+                             static_cast<int64_t>(c10::elementSize(acc_type_of(input))));
+  }
 
   // Counted as the two passes it runs, as the steps are.
   static void group_backward(const Tensor& dy, const Tensor& x, const OptTensor& residual, const Tensor& mean,
@@ -77,7 +80,7 @@ struct CpuGroupBackend {
                                       residual.has_value() ? grad_residual.data_ptr<scalar_t>() : nullptr, p, shape);
       dispatch_act_residual(act, residual.has_value(), [&](auto activation, auto has_residual) {
         using Act = decltype(activation);
-        if (cpu::kKeepsGrad<Act, false>) add_group_workspace_bytes(cpu::fused_grad_cache_bytes<acc_t>(shape));
+        if (cpu::kKeepsGrad<Act, false>) add_group_workspace_bytes(cpu::fused_grad_cache_bytes<acc_t>(shape, groups));
         cpu::group_backward_fused_kernel<Act, decltype(has_residual)::value>(
             coefs, k, count, reduce, elemt, grad_weight.data_ptr<acc_t>(), grad_bias.data_ptr<acc_t>());
       });

@@ -1,15 +1,18 @@
-// GroupNorm's CPU backward on a channels_last input, one sample at a time: both passes over a
-// sample (its reduction, then its elementwise pass) run before the next sample is touched, so the
-// second pass finds the sample in cache (L2 or L3) instead of memory, and g = grad_out * act'(z)
-// goes through a per-thread buffer the size of a sample instead of one the size of the input
-// (grad_cache.h). Samples run as for_each_sample walks them: in parallel when small, else one
-// after another with each sample's passes in parallel. The passes are group_norm_kernels.h's
-// (BatchNorm's kernels over the sample as a batch of one; a nested at::parallel_for runs inline)
-// and the per-group algebra coefficients.h's, so results round exactly as the pass-by-pass path's.
-// Backward, median ms, 2 threads, UNet shapes (8, 320..1280, 64..16, 64..16), SiLU, channels_last:
-// float32 and bfloat16 1.17-1.37x the pass-by-pass path. The same walk per group (n, g) for NCHW
-// measured 0.69-1.34x, and per part in the forward (statistics, then apply) 0.8-1.05x: the
-// forward is bound by the activation's exp, not memory; both keep the steps.
+// GroupNorm's CPU backward one part at a time: both passes over a part (its reduction, then its
+// elementwise pass) run before the next part is touched, so the second pass finds the part in
+// cache (L2 or L3) instead of memory, and g = grad_out * act'(z) goes through a per-thread buffer
+// the size of a part instead of one the size of the input (grad_cache.h). A part holds whole groups:
+// - channels_last: one sample (a group's channels are strided within it), walked as
+//   for_each_sample walks them: in parallel when small, else each sample's passes in parallel;
+// - NCHW, 16-bit input: one group (n, g), its D planes contiguous, the groups in parallel. There the
+//   whole-input g buffer (float) would be twice the input's bytes.
+// The passes are group_norm_kernels.h's (BatchNorm's kernels over the part as a batch of one; a
+// nested at::parallel_for runs inline) and the per-group algebra coefficients.h's, so results
+// round exactly as the pass-by-pass path's. Backward against that path, median ms, 2 threads,
+// SiLU, UNet shapes (8, 320..1280, 64..16, 64..16): channels_last float32 and bfloat16 1.16-1.37x;
+// NCHW float16 1.22-1.47x, bfloat16 0.9-1.5x (0.9 at 16x16 planes). NCHW float32 measured
+// 0.93-1.05x and keeps the steps, as does the forward (0.7-1.2x per part: it is bound by the
+// activation's exp, not by memory).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -22,24 +25,61 @@
 namespace pyfusedbn {
 namespace cpu {
 
-// Whether the walk applies: channels_last with more than one position per sample.
-inline bool fuses_groups(const BnShape& shape) { return shape.channels_last && shape.spatial > 1; }
+// A group's accumulate-type bytes above which NCHW keeps the steps: the second pass would not find
+// it in L2 (1-2 MiB per core on current x86 server parts).
+constexpr int64_t kMaxFusedGroupBytes = int64_t(1) << 20;
 
-// The per-thread buffer for g over one sample, or nullptr where the elementwise pass recomputes it.
+// Whether the walk applies (see the top of the file); elem_size and acc_size in bytes.
+inline bool fuses_groups(const BnShape& shape, int64_t groups, int64_t elem_size, int64_t acc_size) {
+  if (shape.spatial == 1) return false;  // the rows path
+  if (shape.channels_last) return true;
+  const int64_t group_bytes = shape.channels / groups * shape.spatial * acc_size;
+  return elem_size < acc_size && shape.batch * groups >= at::get_num_threads() && group_bytes <= kMaxFusedGroupBytes;
+}
+
+// Sample n's channels [c0, c0 + shape.channels) as a BatchNorm batch of one: `groups` whole groups.
+struct GroupPart {
+  int64_t sample, c0, groups;
+  BnShape shape;
+
+  int64_t first_group(int64_t G) const { return sample * G + c0 / (shape.channels / groups); }
+
+  template <typename Args>
+  Args of(const Args& a) const {
+    const int64_t coefs = sample * a.shape.channels + c0;
+    return part_of(a, coefs * a.shape.spatial, coefs, shape);
+  }
+};
+
+// Calls body(part) for every part (see the top of the file).
+template <typename Body>
+void for_each_group_part(const BnShape& shape, int64_t G, Body body) {
+  if (shape.channels_last) {
+    for_each_sample(shape, [&](int64_t n) { body(GroupPart{n, 0, G, sample_shape(shape)}); });
+    return;
+  }
+  const int64_t D = shape.channels / G;
+  at::parallel_for(0, shape.batch * G, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) body(GroupPart{p / G, (p % G) * D, 1, BnShape{1, D, shape.spatial, false}});
+  });
+}
+
+// The per-thread buffer for g over one part, or nullptr where the elementwise pass recomputes it.
 template <typename Act, typename acc_t>
-acc_t* sample_grad_cache(const BnShape& shape) {
-  const int64_t bytes = shape.channels * shape.spatial * static_cast<int64_t>(sizeof(acc_t));
+acc_t* part_grad_cache(const BnShape& part) {
+  const int64_t bytes = part.numel() * static_cast<int64_t>(sizeof(acc_t));
   if (!kKeepsGrad<Act, false> || bytes > kMaxGradCacheBytes) return nullptr;
   return static_cast<acc_t*>(grad_cache_buffer(bytes));
 }
 
 // Bytes of per-thread g buffers the walk may use (for the workspace counter).
 template <typename acc_t>
-int64_t fused_grad_cache_bytes(const BnShape& shape) {
-  return shape.channels * shape.spatial * static_cast<int64_t>(sizeof(acc_t)) * at::get_num_threads();
+int64_t fused_grad_cache_bytes(const BnShape& shape, int64_t groups) {
+  const int64_t part = (shape.channels_last ? shape.channels : shape.channels / groups) * shape.spatial;
+  return part * static_cast<int64_t>(sizeof(acc_t)) * at::get_num_threads();
 }
 
-// Per sample: the rebuild coefficients, the reduction (sums per (sample, channel), g into the
+// Per part: the rebuild coefficients, the reduction (sums per (sample, channel), g into the
 // buffer), its groups' elementwise coefficients and the elementwise pass; then the parameter
 // gradients from all samples' sums. count = elements per group.
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
@@ -47,20 +87,21 @@ void group_backward_fused_kernel(const GroupCoefficientArgs<acc_t>& coefs, const
                                  double count, const ReduceArgs<scalar_t, acc_t>& reduce,
                                  const ElemtArgs<scalar_t, acc_t>& elemt, acc_t* grad_weight, acc_t* grad_bias) {
   const int64_t G = coefs.groups;
-  for_each_sample(reduce.shape, [&](int64_t n) {
-    for (int64_t c = 0; c < coefs.channels; ++c) group_backward_prepare_at(coefs, k, n, c);
-    acc_t* g = sample_grad_cache<Act, acc_t>(reduce.shape);
+  for_each_group_part(reduce.shape, G, [&](const GroupPart& part) {
+    for (int64_t c = part.c0; c < part.c0 + part.shape.channels; ++c) group_backward_prepare_at(coefs, k, part.sample, c);
+    const int64_t ng = part.first_group(G);
+    acc_t* g = part_grad_cache<Act, acc_t>(part.shape);
     if constexpr (kKeepsGrad<Act, false>) {
       if (g != nullptr) {
-        reduce_kernel<Act, kResidual, false, true>(sample_of(reduce, n), g);
-        group_elemt_coefficients(coefs, k, count, n * G, (n + 1) * G);
-        elemt_from_grad_kernel<kResidual>(sample_of(elemt, n), g);
+        reduce_kernel<Act, kResidual, false, true>(part.of(reduce), g);
+        group_elemt_coefficients(coefs, k, count, ng, ng + part.groups);
+        elemt_from_grad_kernel<kResidual>(part.of(elemt), g);
         return;
       }
     }
-    reduce_kernel<Act, kResidual, false>(sample_of(reduce, n));
-    group_elemt_coefficients(coefs, k, count, n * G, (n + 1) * G);
-    elemt_kernel<Act, kResidual, false>(sample_of(elemt, n));
+    reduce_kernel<Act, kResidual, false>(part.of(reduce));
+    group_elemt_coefficients(coefs, k, count, ng, ng + part.groups);
+    elemt_kernel<Act, kResidual, false>(part.of(elemt));
   });
   group_param_grads(coefs, k, grad_weight, grad_bias);
 }
