@@ -20,6 +20,20 @@ def test_every_activation(case, activation, generator, poison_empty):
     check_against_float64(case, torch.float32, activation, generator)
 
 
+# The CPU backward walks part by part (csrc/cpu/group_norm_fused.h) for channels_last, and for NCHW
+# with 16-bit input: there both of its branches (g kept for an exp-based derivative, recomputed for
+# a cheap one) with and without a residual, a batch of one and samples split inside.
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", [("nchw", (3, 8, 9, 7), torch.contiguous_format, 4),
+                                  ("nchw_batch1", (1, 6, 40, 33), torch.contiguous_format, 2),
+                                  ("nhwc_large", (2, 64, 40, 32), torch.channels_last, 8)],
+                         ids=["nchw", "nchw_batch1", "nhwc_large"])
+def test_backward_walk_16_bit(case, dtype, activation, residual, generator, poison_empty):
+    check_against_float64(case, dtype, activation, generator, residual=residual)
+
+
 # The CPU backward keeps g = dy * act'(z) between its passes in a buffer of at most 64 MiB
 # (csrc/cpu/grad_cache.h); above that it recomputes the derivative: 17M float32 elements do.
 @pytest.mark.slow
