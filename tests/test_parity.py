@@ -108,6 +108,31 @@ def test_every_activation_layout_dtype(activation, layout, dtype, residual, gene
     run_steps(module, rank, shape, memory_format, dtype, activation, param, residual, generator)
 
 
+# How the CPU kernels walk channels_last input (csrc/cpu/chunks.h, RowTiles): a tensor of up to
+# 4 MiB is swept 4 rows at once, in tiles of up to 256 channels, leaving rows and channels over;
+# a larger one, and float32 whose rows lie a multiple of 4 KiB apart, one row at a time, in
+# pieces of up to 1024 channels. Each walk against the float64 reference, with the recomputed
+# derivative (relu) and the cached one (silu).
+CHANNELS_LAST_WALKS = {
+    "swept_column_tiles": ((3, 300, 5, 3), torch.float32),  # 45 rows, 256 + 44 channels
+    "swept_narrow_rows": ((3, 20, 5, 3), torch.bfloat16),   # one tile of 45 rows
+    "swept_float16": ((2, 600, 3, 5), torch.float16),       # 30 rows, 256 + 256 + 88 channels
+    "aliased_rows": ((2, 1024, 3, 3), torch.float32),       # 4 KiB rows
+    "streamed_pieces": ((2, 1100, 24, 24), torch.float32),  # 5 MB, 1024 + 76 channels
+    "streamed_float16": ((2, 1100, 31, 31), torch.float16),  # 4.2 MB
+}
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+@pytest.mark.parametrize("walk", list(CHANNELS_LAST_WALKS))
+def test_channels_last_walks(walk, activation, residual, generator, poison_empty):
+    shape, dtype = CHANNELS_LAST_WALKS[walk]
+    module = make_module(4, shape[1], dtype, generator, activation=activation)
+    run_steps(module, 4, shape, torch.channels_last, dtype, activation, None, residual, generator,
+              training_steps=1)
+
+
 @pytest.mark.parametrize("momentum", [0.1, None], ids=["momentum", "cumulative"])
 @pytest.mark.parametrize("track_running_stats", [True, False], ids=["tracked", "untracked"])
 @pytest.mark.parametrize("affine", [True, False], ids=["affine", "no_affine"])

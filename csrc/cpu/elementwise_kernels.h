@@ -33,21 +33,64 @@ inline Rebuilt<acc_t> grad_and_centred(acc_t dy, acc_t saved, acc_t residual, ac
   return {r.xc, dy * Act::grad(r.z, param)};
 }
 
-// In: acc_t, or bfloat16 read in place (read_view).
-template <bool kPerColumn, typename Act, bool kResidual, typename In, typename acc_t>
-inline void apply_row(const In* x, const In* res, const acc_t* scale_at, const acc_t* shift_at, acc_t* out,
-                      int64_t len, acc_t param) {
-  const Coef<kPerColumn, acc_t> scale(scale_at), shift(shift_at);
+// One plane (or part of one) of channel c. In: acc_t, or bfloat16 read in place (read_view).
+template <typename Act, bool kResidual, typename In, typename acc_t>
+inline void apply_row(const In* x, const In* res, acc_t scale, acc_t shift, acc_t* out, int64_t len, acc_t param) {
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    acc_t z = load_acc<acc_t>(x[j]) * scale[j] + shift[j];
+    acc_t z = load_acc<acc_t>(x[j]) * scale + shift;
     if constexpr (kResidual) z += load_acc<acc_t>(res[j]);
     out[j] = Act::value(z, param);
   }
 }
 
+// kRows channels_last rows of a tile from column `c` on, each column's scale and shift loaded once.
+template <int64_t kRows, typename Act, bool kResidual, typename In, typename acc_t>
+inline void apply_tile_rows(Rows<const In> x, Rows<const In> res, const acc_t* scale_at, const acc_t* shift_at,
+                            Rows<acc_t> out, int64_t len, acc_t param) {
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t scale = scale_at[j], shift = shift_at[j];
+    for (int64_t r = 0; r < kRows; ++r) {
+      acc_t z = load_acc<acc_t>(x.p[r * x.stride + j]) * scale + shift;
+      if constexpr (kResidual) z += load_acc<acc_t>(res.p[r * res.stride + j]);
+      out.p[r * out.stride + j] = Act::value(z, param);
+    }
+  }
+}
+
+// Moves every stream of a tile on by `rows` rows.
+template <typename... Streams>
+inline void advance_rows(int64_t rows, Streams&... streams) {
+  ((streams.p = streams.p ? streams.p + rows * streams.stride : nullptr), ...);
+}
+
+template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
+void apply_channels_last(const ApplyArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels;
+  for_each_tile<scalar_t, acc_t>(a.shape, [&](const Tile& t) {
+    acc_t x_buf[kChunk], res_buf[kChunk], out_buf[kChunk];
+    auto x = read_tile(a.input, C, t, x_buf);
+    decltype(x) res{nullptr, x.stride};
+    if constexpr (kResidual) res = read_tile(a.residual, C, t, res_buf);
+    Rows<acc_t> out = tile_target(a.output, C, t, out_buf);
+    const acc_t *scale = a.scale + t.col, *shift = a.shift + t.col;
+    int64_t r = 0;
+    for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) {
+      apply_tile_rows<kTileRows, Act, kResidual>(x, res, scale, shift, out, t.cols, a.activation_param);
+      advance_rows(kTileRows, x, res, out);
+    }
+    for (; r < t.rows; ++r) {
+      apply_tile_rows<1, Act, kResidual>(x, res, scale, shift, out, t.cols, a.activation_param);
+      advance_rows(1, x, res, out);
+    }
+    flush_tile(out_buf, a.output, C, t);
+  });
+}
+
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
 void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
+  if (a.shape.channels_last) return apply_channels_last<Act, kResidual>(a);
   const int64_t C = a.shape.channels;
   for_each_chunk(a.shape, [&](const Chunk& k) {
     acc_t x_buf[kChunk], res_buf[kChunk], out_buf[kChunk];
@@ -57,13 +100,8 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
     for (int64_t r = 0; r < k.rows; ++r) {
       const int64_t o = r * k.cols;
       const auto* r_res = kResidual ? res + o : nullptr;
-      if (k.planar) {
-        const int64_t c = (k.first + r) % C;
-        apply_row<false, Act, kResidual>(x + o, r_res, a.scale + c, a.shift + c, out + o, k.cols, a.activation_param);
-      } else {
-        apply_row<true, Act, kResidual>(x + o, r_res, a.scale + k.first, a.shift + k.first, out + o, k.cols,
-                                        a.activation_param);
-      }
+      const int64_t c = (k.first + r) % C;
+      apply_row<Act, kResidual>(x + o, r_res, a.scale[c], a.shift[c], out + o, k.cols, a.activation_param);
     }
     flush(out, a.output + k.offset, k.numel());
   });
@@ -97,8 +135,58 @@ inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const In* 
   }
 }
 
+// kRows channels_last rows of a tile from column `c` on, each column's coefficients loaded once.
+// In: acc_t, or bfloat16 read in place (read_tile).
+template <int64_t kRows, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t,
+          typename In>
+inline void elemt_tile_rows(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, Rows<const In> dy, Rows<const In> saved,
+                            Rows<const In> res, Rows<acc_t> dx, Rows<acc_t> dres, int64_t len) {
+  const ElemtCoefficients<true, acc_t> k(a, c);
+  const acc_t param = a.activation_param;
+#pragma omp simd
+  for (int64_t j = 0; j < len; ++j) {
+    const acc_t mean = k.mean[j], scale = k.scale[j], bias = k.bias[j], coef_g = k.coef_g[j],
+                coef_xc = k.coef_xc[j], coef_const = k.coef_const[j];
+    for (int64_t r = 0; r < kRows; ++r) {
+      const int64_t i = r * dy.stride + j;
+      const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
+          load_acc<acc_t>(dy.p[i]), load_acc<acc_t>(saved.p[i]),
+          kResidual ? load_acc<acc_t>(res.p[i]) : acc_t(0), mean, scale, bias, param);  // {xc, g}
+      dx.p[r * dx.stride + j] = t.z * coef_g + t.xc * coef_xc + coef_const;
+      if constexpr (kResidual) dres.p[r * dres.stride + j] = t.z;
+    }
+  }
+}
+
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
+void elemt_channels_last(const ElemtArgs<scalar_t, acc_t>& a) {
+  const int64_t C = a.shape.channels;
+  for_each_tile<scalar_t, acc_t>(a.shape, [&](const Tile& t) {
+    acc_t dy_buf[kChunk], saved_buf[kChunk], res_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
+    auto dy = read_tile(a.grad_out, C, t, dy_buf);
+    auto saved = read_tile(a.saved, C, t, saved_buf);
+    decltype(dy) res{nullptr, dy.stride};
+    if constexpr (kResidual) res = read_tile(a.residual, C, t, res_buf);
+    Rows<acc_t> dx = tile_target(a.grad_input, C, t, dx_buf);
+    Rows<acc_t> dres{nullptr, dx.stride};
+    if constexpr (kResidual) dres = tile_target(a.grad_residual, C, t, dres_buf);
+    int64_t r = 0;
+    for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) {
+      elemt_tile_rows<kTileRows, Act, kResidual, kFromOutput>(a, t.col, dy, saved, res, dx, dres, t.cols);
+      advance_rows(kTileRows, dy, saved, res, dx, dres);
+    }
+    for (; r < t.rows; ++r) {
+      elemt_tile_rows<1, Act, kResidual, kFromOutput>(a, t.col, dy, saved, res, dx, dres, t.cols);
+      advance_rows(1, dy, saved, res, dx, dres);
+    }
+    flush_tile(dx_buf, a.grad_input, C, t);
+    if constexpr (kResidual) flush_tile(dres_buf, a.grad_residual, C, t);
+  });
+}
+
 template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t>
 void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
+  if (a.shape.channels_last) return elemt_channels_last<Act, kResidual, kFromOutput>(a);
   const int64_t C = a.shape.channels;
   for_each_chunk(a.shape, [&](const Chunk& k) {
     acc_t dy_buf[kChunk], saved_buf[kChunk], res_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
@@ -112,12 +200,8 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
       const int64_t o = r * k.cols;
       const auto* r_res = kResidual ? res + o : nullptr;
       acc_t* r_dres = kResidual ? dres + o : nullptr;
-      if (k.planar) {
-        elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o,
-                                                      r_dres, k.cols);
-      } else {
-        elemt_row<true, Act, kResidual, kFromOutput>(a, k.first, dy + o, saved + o, r_res, dx + o, r_dres, k.cols);
-      }
+      elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o, r_dres,
+                                                    k.cols);
     }
     flush(dx, a.grad_input + k.offset, n);
     if constexpr (kResidual) flush(dres, a.grad_residual + k.offset, n);

@@ -253,10 +253,38 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   });
 }
 
+// kRows channels_last rows of `cols` columns from channel c0 on (rows `cols` apart; g, where kept,
+// rows g_stride apart) added into sum_g and sum_g_xc: each column's coefficients and sums loaded
+// and stored once for all kRows rows (the per-row loop is bound by its loads).
+template <int64_t kRows, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t, typename In>
+inline void reduce_tile_rows(const ReduceArgs<scalar_t, acc_t>& a, int64_t c0, int64_t cols, const In* dy,
+                             const In* saved, const In* res, acc_t* g_out, int64_t g_stride, acc_t* sum_g,
+                             acc_t* sum_g_xc) {
+  const acc_t *mean = a.mean + c0, *scale = a.scale + c0, *bias = a.bias + c0;
+  const acc_t param = a.activation_param;
+#pragma omp simd
+  for (int64_t j = 0; j < cols; ++j) {
+    const acc_t m = mean[j], s = scale[j], b = bias[j];
+    acc_t g = 0, g_xc = 0;
+    for (int64_t r = 0; r < kRows; ++r) {
+      const int64_t i = r * cols + j;
+      const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
+          load_acc<acc_t>(dy[i]), load_acc<acc_t>(saved[i]), kResidual ? load_acc<acc_t>(res[i]) : acc_t(0), m, s,
+          b, param);  // {xc, g}
+      if (g_out) g_out[r * g_stride + j] = t.z;
+      g += t.z;
+      g_xc += t.z * t.xc;
+    }
+    sum_g[j] += g;
+    sum_g_xc[j] += g_xc;
+  }
+}
+
 template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
   const RowBlocks blocks(a.shape);
+  const int64_t sweep = RowTiles(a.shape, sizeof(scalar_t), kKeepGrad).sweep;  // (g is stored in place)
   const int threads = at::get_num_threads();
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
@@ -272,24 +300,28 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
         const acc_t *mean = a.mean + c0, *scale = a.scale + c0, *bias = a.bias + c0;
         std::fill(sum_g, sum_g + cols, acc_t(0));
         std::fill(sum_g_xc, sum_g_xc + cols, acc_t(0));
-        with_row_block<acc_t>(C, r0, n, c0, cols, [&](const auto* dy, const auto* saved, const auto* res) {
-          for (int64_t r = 0; r < n; ++r) {
-            const int64_t o = r * cols;
-#pragma omp simd
-            for (int64_t j = 0; j < cols; ++j) {
-              const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
-                  load_acc<acc_t>(dy[o + j]), load_acc<acc_t>(saved[o + j]),
-                  kResidual ? load_acc<acc_t>(res[o + j]) : acc_t(0), mean[j], scale[j], bias[j],
-                  a.activation_param);  // {xc, g}
-              if constexpr (kKeepGrad) grad_cache[(r0 + r) * C + c0 + j] = t.z;
-              sum_g[j] += t.z;
-              sum_g_xc[j] += t.z * t.xc;
-            }
-          }
-          return 0;
-        }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.data()},
-           std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.data()},
-           std::pair<const scalar_t*, acc_t*>{a.residual, res_buf.data()});
+        // Input read in place is read a block at a time; converted input is gathered kTileRows
+        // rows at a time, into buffers that stay in L1. Either is swept kTileRows rows at once
+        // where the tensor stays in cache (see RowTiles).
+        const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n : kTileRows;
+        for (int64_t q0 = 0; q0 < n; q0 += group) {
+          const int64_t qn = std::min(group, n - q0);
+          with_row_block<acc_t>(C, r0 + q0, qn, c0, cols, [&](const auto* dy, const auto* saved, const auto* res) {
+            acc_t* g_out = kKeepGrad ? grad_cache + (r0 + q0) * C + c0 : nullptr;
+            int64_t r = 0;
+            for (; sweep == kTileRows && r + kTileRows <= qn; r += kTileRows)
+              reduce_tile_rows<kTileRows, Act, kResidual, kFromOutput>(a, c0, cols, dy + r * cols, saved + r * cols,
+                                                                       kResidual ? res + r * cols : nullptr,
+                                                                       g_out ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
+            for (; r < qn; ++r)
+              reduce_tile_rows<1, Act, kResidual, kFromOutput>(a, c0, cols, dy + r * cols, saved + r * cols,
+                                                               kResidual ? res + r * cols : nullptr,
+                                                               g_out ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
+            return 0;
+          }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.data()},
+             std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.data()},
+             std::pair<const scalar_t*, acc_t*>{a.residual, res_buf.data()});
+        }
         double* g_total = &t_g[tid * C + c0];
         double* g_xc_total = &t_g_xc[tid * C + c0];
         for (int64_t j = 0; j < cols; ++j) {
