@@ -1,0 +1,86 @@
+// Times the four BatchNorm + ReLU CPU passes (statistics, apply, backward reduce, backward
+// elementwise) straight from csrc/cpu's headers, no torch dispatch, no allocation per call:
+// built against two checkouts by tools/ab_cpu_passes.py, so a kernel change can be timed in
+// seconds instead of after a full extension build. Prints, per shape, layout and dtype, the
+// first-quartile ms of each pass over 60 calls, and a checksum of the results (equal checksums:
+// same elementwise results; the reduction's may differ in the last bits with summation order).
+//
+//   pass_timer THREADS CxS [CxS ...]      (batch 8, S = H * W)
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "cpu/elementwise_kernels.h"
+#include "cpu/reduction_kernels.h"
+
+using namespace pyfusedbn;
+
+template <typename F>
+double quartile_ms(F f) {
+  std::vector<double> ms;
+  for (int r = 0; r < 60; ++r) {
+    const auto t = std::chrono::steady_clock::now();
+    f();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 4];
+}
+
+template <typename T>
+void run(const char* name, int64_t N, int64_t C, int64_t S, bool channels_last) {
+  const int64_t n = N * C * S;
+  std::vector<T> x(n), dy(n), out(n), dx(n);
+  std::mt19937 gen(0);
+  std::normal_distribution<float> normal;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = T(normal(gen));
+    dy[i] = T(normal(gen));
+  }
+  std::vector<float> mean(C, 0.01f), var(C), scale(C, 1.1f), shift(C, 0.1f), bias(C, 0.2f), coef_g(C, 0.5f),
+      coef_xc(C, 0.3f), coef_const(C, 0.01f), sum_g(C), sum_g_xc(C);
+  const BnShape shape{N, C, S, channels_last};
+  const double stats = quartile_ms([&] { cpu::stats_kernel(StatsArgs<T, float>{x.data(), mean.data(), var.data(), shape}); });
+  const double apply = quartile_ms([&] {
+    cpu::apply_kernel<Relu, false>(ApplyArgs<T, float>{x.data(), nullptr, scale.data(), shift.data(), out.data(), 0.f, shape});
+  });
+  const double reduce = quartile_ms([&] {
+    cpu::reduce_kernel<Relu, false, false>(ReduceArgs<T, float>{dy.data(), x.data(), nullptr, mean.data(), scale.data(),
+                                                                bias.data(), sum_g.data(), sum_g_xc.data(), 0.f, shape});
+  });
+  const double elemt = quartile_ms([&] {
+    cpu::elemt_kernel<Relu, false, false>(ElemtArgs<T, float>{dy.data(), x.data(), nullptr, mean.data(), scale.data(),
+                                                              bias.data(), coef_g.data(), coef_xc.data(),
+                                                              coef_const.data(), dx.data(), nullptr, 0.f, shape});
+  });
+  double elementwise = 0, sums = 0;
+  for (int64_t i = 0; i < n; ++i) elementwise += std::abs(float(dx[i])) * (1 + i % 7) + float(out[i]) * (1 + i % 5);
+  for (int64_t c = 0; c < C; ++c) sums += sum_g[c] + 2 * sum_g_xc[c];
+  std::printf("%s %ldx%ldx%ld %s stats %.3f apply %.3f reduce %.3f elemt %.3f | checksum %.6e %.6e\n", name, (long)N,
+              (long)C, (long)S, channels_last ? "channels_last" : "nchw", stats, apply, reduce, elemt, elementwise, sums);
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3) {
+    std::fprintf(stderr, "usage: pass_timer THREADS CxS [CxS ...]\n");
+    return 2;
+  }
+  at::set_num_threads(std::atoi(argv[1]));
+  for (int k = 2; k < argc; ++k) {
+    long C = 0, S = 0;
+    if (std::sscanf(argv[k], "%ldx%ld", &C, &S) != 2) return 2;
+    for (bool channels_last : {true, false}) {
+      run<c10::Half>("float16", 8, C, S, channels_last);
+      run<c10::BFloat16>("bfloat16", 8, C, S, channels_last);
+      run<float>("float32", 8, C, S, channels_last);
+    }
+  }
+}
