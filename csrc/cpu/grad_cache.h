@@ -68,51 +68,9 @@ inline void elemt_row_from_grad(const acc_t* g, const acc_t* saved, const acc_t*
   }
 }
 
-// As elemt_row_from_grad for kRows channels_last rows of a tile (see elemt_tile_rows).
-template <int64_t kRows, bool kResidual, typename scalar_t, typename acc_t, typename In>
-inline void elemt_tile_rows_from_grad(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, Rows<const acc_t> g,
-                                      Rows<const In> saved, Rows<acc_t> dx, Rows<acc_t> dres, int64_t len) {
-  const acc_t *mean_at = a.mean + c, *coef_g_at = a.coef_g + c, *coef_xc_at = a.coef_xc + c,
-              *coef_const_at = a.coef_const + c;
-#pragma omp simd
-  for (int64_t j = 0; j < len; ++j) {
-    const acc_t mean = mean_at[j], coef_g = coef_g_at[j], coef_xc = coef_xc_at[j], coef_const = coef_const_at[j];
-    for (int64_t r = 0; r < kRows; ++r) {
-      const acc_t g_r = g.p[r * g.stride + j];
-      dx.p[r * dx.stride + j] = g_r * coef_g + (load_acc<acc_t>(saved.p[r * saved.stride + j]) - mean) * coef_xc + coef_const;
-      if constexpr (kResidual) dres.p[r * dres.stride + j] = g_r;
-    }
-  }
-}
-
-template <bool kResidual, typename scalar_t, typename acc_t>
-void elemt_from_grad_channels_last(const ElemtArgs<scalar_t, acc_t>& a, const acc_t* grad_cache) {
-  const int64_t C = a.shape.channels;
-  for_each_tile<scalar_t, acc_t>(a.shape, [&](const Tile& t) {
-    acc_t saved_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
-    Rows<const acc_t> g{grad_cache + t.row * C + t.col, C};
-    auto saved = read_tile(a.saved, C, t, saved_buf);
-    Rows<acc_t> dx = tile_target(a.grad_input, C, t, dx_buf);
-    Rows<acc_t> dres{nullptr, dx.stride};
-    if constexpr (kResidual) dres = tile_target(a.grad_residual, C, t, dres_buf);
-    int64_t r = 0;
-    for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) {
-      elemt_tile_rows_from_grad<kTileRows, kResidual>(a, t.col, g, saved, dx, dres, t.cols);
-      advance_rows(kTileRows, g, saved, dx, dres);
-    }
-    for (; r < t.rows; ++r) {
-      elemt_tile_rows_from_grad<1, kResidual>(a, t.col, g, saved, dx, dres, t.cols);
-      advance_rows(1, g, saved, dx, dres);
-    }
-    flush_tile(dx_buf, a.grad_input, C, t);
-    if constexpr (kResidual) flush_tile(dres_buf, a.grad_residual, C, t);
-  });
-}
-
 // elemt_kernel's result from the cached g (x read back for xc = x - mean; grad_out not read).
 template <bool kResidual, typename scalar_t, typename acc_t>
 void elemt_from_grad_kernel(const ElemtArgs<scalar_t, acc_t>& a, const acc_t* grad_cache) {
-  if (a.shape.channels_last) return elemt_from_grad_channels_last<kResidual>(a, grad_cache);
   const int64_t C = a.shape.channels;
   for_each_chunk(a.shape, [&](const Chunk& k) {
     acc_t saved_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
@@ -124,9 +82,15 @@ void elemt_from_grad_kernel(const ElemtArgs<scalar_t, acc_t>& a, const acc_t* gr
     for (int64_t r = 0; r < k.rows; ++r) {
       const int64_t o = r * k.cols;
       acc_t* r_dres = kResidual ? dres + o : nullptr;
-      const int64_t c = (k.first + r) % C;
-      elemt_row_from_grad<false, kResidual>(g + o, saved + o, a.mean + c, a.coef_g + c, a.coef_xc + c,
-                                            a.coef_const + c, dx + o, r_dres, k.cols);
+      if (k.planar) {
+        const int64_t c = (k.first + r) % C;
+        elemt_row_from_grad<false, kResidual>(g + o, saved + o, a.mean + c, a.coef_g + c, a.coef_xc + c,
+                                              a.coef_const + c, dx + o, r_dres, k.cols);
+      } else {
+        const int64_t c = k.first;
+        elemt_row_from_grad<true, kResidual>(g + o, saved + o, a.mean + c, a.coef_g + c, a.coef_xc + c,
+                                             a.coef_const + c, dx + o, r_dres, k.cols);
+      }
     }
     flush(dx, a.grad_input + k.offset, n);
     if constexpr (kResidual) flush(dres, a.grad_residual + k.offset, n);

@@ -260,7 +260,8 @@ void reduce_planar(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
 // kRows channels_last rows of `cols` columns from channel c0 on (rows `cols` apart; g, where kept,
 // rows g_stride apart) added into sum_g and sum_g_xc: each column's coefficients and sums loaded
 // and stored once for all kRows rows (the per-row loop is bound by its loads).
-template <int64_t kRows, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t, typename In>
+template <int64_t kRows, typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t,
+          typename acc_t, typename In>
 inline void reduce_tile_rows(const ReduceArgs<scalar_t, acc_t>& a, int64_t c0, int64_t cols, const In* dy,
                              const In* saved, const In* res, acc_t* g_out, int64_t g_stride, acc_t* sum_g,
                              acc_t* sum_g_xc) {
@@ -275,7 +276,7 @@ inline void reduce_tile_rows(const ReduceArgs<scalar_t, acc_t>& a, int64_t c0, i
       const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
           load_acc<acc_t>(dy[i]), load_acc<acc_t>(saved[i]), kResidual ? load_acc<acc_t>(res[i]) : acc_t(0), m, s,
           b, param);  // {xc, g}
-      if (g_out) g_out[r * g_stride + j] = t.z;
+      if constexpr (kKeepGrad) g_out[r * g_stride + j] = t.z;
       g += t.z;
       g_xc += t.z * t.xc;
     }
@@ -288,7 +289,10 @@ template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typena
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
   const RowBlocks blocks(a.shape, !kReadsInPlace<scalar_t, acc_t>);
-  const int64_t sweep = RowTiles(a.shape, sizeof(scalar_t), kKeepGrad).sweep;  // (g is stored in place)
+  // Not while g is kept (SiLU's and the other libm activations' backward, and so GroupNorm's):
+  // there, sweeping made the GroupNorm + SiLU backward slower (bfloat16 channels_last
+  // 8x320x64x64 0.64x, `python tools/ab_group_norm_backward.py`).
+  const int64_t sweep = kKeepGrad ? 1 : RowTiles(a.shape, sizeof(scalar_t), false).sweep;
 
   const int threads = at::get_num_threads();
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
@@ -314,13 +318,13 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
             acc_t* g_out = kKeepGrad ? grad_cache + (r0 + q0) * C + c0 : nullptr;
             int64_t r = 0;
             for (; sweep == kTileRows && r + kTileRows <= qn; r += kTileRows)
-              reduce_tile_rows<kTileRows, Act, kResidual, kFromOutput>(a, c0, cols, dy + r * cols, saved + r * cols,
+              reduce_tile_rows<kTileRows, Act, kResidual, kFromOutput, kKeepGrad>(a, c0, cols, dy + r * cols, saved + r * cols,
                                                                        kResidual ? res + r * cols : nullptr,
-                                                                       g_out ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
+                                                                       kKeepGrad ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
             for (; r < qn; ++r)
-              reduce_tile_rows<1, Act, kResidual, kFromOutput>(a, c0, cols, dy + r * cols, saved + r * cols,
+              reduce_tile_rows<1, Act, kResidual, kFromOutput, kKeepGrad>(a, c0, cols, dy + r * cols, saved + r * cols,
                                                                kResidual ? res + r * cols : nullptr,
-                                                               g_out ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
+                                                               kKeepGrad ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
             return 0;
           }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.data()},
              std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.data()},
