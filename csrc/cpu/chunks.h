@@ -112,9 +112,9 @@ inline void for_each_chunk(const BnShape& shape, Body body) {
 // kTileRows) columns. On a larger tensor, streamed from memory, interleaving rows costs more
 // than the loads it saves, and tiles are the former chunks: whole rows (or kChunk-column pieces
 // of one) swept one row at a time. A tile's rows lie C apart in the tensor and `cols` apart in
-// a conversion buffer. (1 thread, 8xCxHxW: the backward elementwise pass in float16 at
-// 1024x14x14 0.70 -> 0.43 ms and in bfloat16 0.51 -> 0.39 ms; swept at 256x56x56, 12.8 MB a
-// tensor, bfloat16 took 2.26 -> 3.69 ms, hence the kSweepBytes bound.)
+// a conversion buffer. (1 thread, batch 8, `python tools/ab_cpu_passes.py`: the backward
+// elementwise pass in float16 at 1024x14x14 0.73 -> 0.44 ms and in bfloat16 0.53 -> 0.40 ms;
+// swept at 256x56x56, 12.8 MB a tensor, bfloat16 took 2.26 -> 3.69 ms, hence kSweepBytes.)
 constexpr int64_t kTileRows = 4;
 constexpr int64_t kSweepBytes = int64_t(4) << 20;
 

@@ -116,8 +116,9 @@ void stats_planar(const StatsArgs<scalar_t, acc_t>& a) {
 // take 0.47 and 0.67 ms instead of 0.57 and 0.78 (8x512x28x28, 2 threads,
 // `python -m benchmarks.cpu_passes --dtypes float16 --shapes 512x28x28 --clock wall`).
 // Converted blocks are at most kConvertedCols wide, more rows of fewer columns: the backward
-// reduction gathers kTileRows of their rows at a time into L1, and at 8x1024x14x14 (1 thread)
-// it took 0.52 -> 0.36 ms, the statistics 0.38 -> 0.37 (2048x7x7: 0.28 -> 0.17, 0.21 -> 0.16).
+// reduction gathers kTileRows of their rows at a time into L1 (float16, 1 thread, batch 8,
+// `python tools/ab_cpu_passes.py`, with the row sweep: 1024x14x14 0.60 -> 0.34 ms, 2048x7x7
+// 0.37 -> 0.17; the statistics 0.39 -> 0.38 and 0.21 -> 0.16).
 constexpr int64_t kMinRows = 4;
 constexpr int64_t kRowBlock = 16384;
 constexpr int64_t kConvertedCols = 256;
