@@ -2,7 +2,7 @@
 # Compile-checks every CUDA kernel file for sm_80 and sm_90 with nvcc, without torch and without
 # a GPU: a syntax or template error in a .cu fails here (and so in CI). Warnings are errors.
 # sm_90 is compiled to machine code (ptxas too); sm_80 to PTX only: its front end still checks
-# every arch-dependent branch, and skipping its ptxas run saves CI about two minutes.
+# every arch-dependent branch, and skipping its ptxas run took the stage from 320 to 259 s in CI.
 # The half/bfloat16 macros are the ones torch's CUDAExtension passes: no implicit conversions.
 # CUDA_CHECK_JOBS nvcc at a time (default: the core count; each takes ~1 GiB, single-threaded).
 set -euo pipefail
