@@ -111,15 +111,17 @@ def test_every_activation_layout_dtype(activation, layout, dtype, residual, gene
 # How the CPU kernels walk channels_last input (csrc/cpu/chunks.h, RowTiles): a tensor of up to
 # 4 MiB is swept 4 rows at once, in tiles of up to 256 channels, leaving rows and channels over;
 # a larger one, and float32 whose rows lie a multiple of 4 KiB apart, one row at a time, in
-# pieces of up to 1024 channels. Each walk against the float64 reference, with the recomputed
-# derivative (relu) and the cached one (silu).
+# pieces of up to 1024 channels (float16, converted: tiles of up to 256 elements, kStreamChunk).
+# Each walk against the float64 reference, with the recomputed derivative (relu) and the cached
+# one (silu).
 CHANNELS_LAST_WALKS = {
     "swept_column_tiles": ((3, 300, 5, 3), torch.float32),  # 45 rows, 256 + 44 channels
     "swept_narrow_rows": ((3, 20, 5, 3), torch.bfloat16),   # one tile of 45 rows
     "swept_float16": ((2, 600, 3, 5), torch.float16),       # 30 rows, 256 + 256 + 88 channels
     "aliased_rows": ((2, 1024, 3, 3), torch.float32),       # 4 KiB rows
     "streamed_pieces": ((2, 1100, 24, 24), torch.float32),  # 5 MB, 1024 + 76 channels
-    "streamed_float16": ((2, 1100, 31, 31), torch.float16),  # 4.2 MB
+    "streamed_float16": ((2, 1100, 31, 31), torch.float16),  # 4.2 MB, 4 x 256 + 76 channels
+    "streamed_float16_narrow": ((2, 100, 110, 110), torch.float16),  # 4.8 MB, 2 rows of 100
 }
 
 
@@ -130,6 +132,17 @@ def test_channels_last_walks(walk, activation, residual, generator, poison_empty
     shape, dtype = CHANNELS_LAST_WALKS[walk]
     module = make_module(4, shape[1], dtype, generator, activation=activation)
     run_steps(module, 4, shape, torch.channels_last, dtype, activation, None, residual, generator,
+              training_steps=1)
+
+
+# float16 NCHW planes of a streamed tensor (over 4 MiB) are cut into 256-element pieces
+# (kStreamChunk): 3 planes' pieces here end in a 164-element tail.
+@pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
+@pytest.mark.parametrize("activation", ["relu", "silu"])
+def test_streamed_float16_planes(activation, residual, generator, poison_empty):
+    shape = (2, 20, 230, 230)
+    module = make_module(4, shape[1], torch.float16, generator, activation=activation)
+    run_steps(module, 4, shape, torch.contiguous_format, torch.float16, activation, None, residual, generator,
               training_steps=1)
 
 

@@ -77,11 +77,32 @@ struct Chunk {
   int64_t numel() const { return rows * cols; }
 };
 
-// Calls body(chunk) over every element once, chunks of at most kChunk elements, split for threads.
-// Small planes (7x7, 14x14) and narrow channels_last rows are grouped, several per chunk, so the
-// bulk conversions and loop set-up are paid per chunk rather than per plane or row.
+// A tensor over kSweepBytes is streamed from memory by each pass; a smaller one stays in cache
+// (L2 + L3) between passes.
+constexpr int64_t kSweepBytes = int64_t(4) << 20;
+
+inline bool streamed(const BnShape& shape, int64_t element_bytes) { return shape.numel() * element_bytes > kSweepBytes; }
+
+// Elements per chunk or tile of converted (float16) input on a streamed tensor: converting kChunk
+// elements of each stream before computing on them cost 1.3-2x there, in every elementwise pass
+// and layout (1 thread, batch 8, float16 8x256x56x56,
+// `python tools/ab_cpu_passes.py`: channels_last apply 2.5 -> 1.6 ms, backward elementwise
+// 4.9 -> 2.8-3.6; NCHW apply 2.0 -> 1.1-1.3, backward elementwise 2.6 -> 1.9-2.1). In cache,
+// kChunk stays the faster (NCHW 8x1024x14x14 apply 0.21 -> 0.28 at 256).
+constexpr int64_t kStreamChunk = 256;
+
+// Elements per chunk of scalar_t input converted to acc_t (see kStreamChunk).
+template <typename scalar_t, typename acc_t>
+inline int64_t chunk_elements(const BnShape& shape) {
+  return !kReadsInPlace<scalar_t, acc_t> && streamed(shape, sizeof(scalar_t)) ? kStreamChunk : kChunk;
+}
+
+// Calls body(chunk) over every element once, split for threads, in chunks of at most kChunk
+// elements: small planes (7x7, 14x14) and narrow channels_last rows grouped, several per chunk, so
+// the bulk conversions and loop set-up are paid per chunk rather than per plane or row; longer
+// ones cut into pieces of `chunk` (<= kChunk) elements.
 template <typename Body>
-inline void for_each_chunk(const BnShape& shape, Body body) {
+inline void for_each_chunk(const BnShape& shape, Body body, int64_t chunk = kChunk) {
   const int64_t C = shape.channels, S = shape.spatial;
   const int64_t rows = shape.channels_last ? shape.reduce_size() : shape.batch * C;
   const int64_t width = shape.channels_last ? C : S;
@@ -99,8 +120,8 @@ inline void for_each_chunk(const BnShape& shape, Body body) {
   } else {
     at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / width), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r)
-        for (int64_t j0 = 0; j0 < width; j0 += kChunk)
-          body(Chunk{r * width + j0, 1, std::min(kChunk, width - j0), planar ? r % C : j0, planar});
+        for (int64_t j0 = 0; j0 < width; j0 += chunk)
+          body(Chunk{r * width + j0, 1, std::min(chunk, width - j0), planar ? r % C : j0, planar});
     });
   }
 }
@@ -116,7 +137,6 @@ inline void for_each_chunk(const BnShape& shape, Body body) {
 // elementwise pass in float16 at 1024x14x14 0.73 -> 0.44 ms and in bfloat16 0.53 -> 0.40 ms;
 // swept at 256x56x56, 12.8 MB a tensor, bfloat16 took 2.26 -> 3.69 ms, hence kSweepBytes.)
 constexpr int64_t kTileRows = 4;
-constexpr int64_t kSweepBytes = int64_t(4) << 20;
 
 struct Tile {
   int64_t row;   // first row (n, s)
@@ -133,13 +153,14 @@ struct RowTiles {
   // rows (same low 12 address bits) and stall them: float32 at 2048x7x7 went 0.32 -> 0.41 ms.
   static bool sweeps(const BnShape& shape, int64_t element_bytes, bool writes_in_place) {
     const bool aliased = writes_in_place && shape.channels * element_bytes % 4096 == 0;
-    return !aliased && shape.numel() * element_bytes <= kSweepBytes;
+    return !aliased && !streamed(shape, element_bytes);
   }
 
-  RowTiles(const BnShape& shape, int64_t element_bytes, bool writes_in_place)
+  // chunk: elements per tile when not swept (chunk_elements).
+  RowTiles(const BnShape& shape, int64_t element_bytes, bool writes_in_place, int64_t chunk = kChunk)
       : sweep(sweeps(shape, element_bytes, writes_in_place) ? kTileRows : 1),
-        cols(std::min(shape.channels, kChunk / sweep)),
-        rows(std::max<int64_t>(sweep, kChunk / cols / sweep * sweep)),
+        cols(std::min(shape.channels, sweep == 1 ? chunk : kChunk / sweep)),
+        rows(std::max<int64_t>(sweep, (sweep == 1 ? chunk : kChunk) / cols / sweep * sweep)),
         row_tiles((shape.reduce_size() + rows - 1) / rows),
         col_tiles((shape.channels + cols - 1) / cols) {}
 };
@@ -148,7 +169,7 @@ struct RowTiles {
 // threads. acc_t: the results' type (scalar_t results are stored in place).
 template <typename scalar_t, typename acc_t, typename Body>
 inline void for_each_tile(const BnShape& shape, Body body) {
-  const RowTiles t(shape, sizeof(scalar_t), std::is_same_v<scalar_t, acc_t>);
+  const RowTiles t(shape, sizeof(scalar_t), std::is_same_v<scalar_t, acc_t>, chunk_elements<scalar_t, acc_t>(shape));
   const int64_t R = shape.reduce_size(), C = shape.channels;
   at::parallel_for(0, t.row_tiles * t.col_tiles, std::max<int64_t>(1, kGrain / kChunk), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {

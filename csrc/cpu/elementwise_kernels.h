@@ -104,7 +104,7 @@ void apply_kernel(const ApplyArgs<scalar_t, acc_t>& a) {
       apply_row<Act, kResidual>(x + o, r_res, a.scale[c], a.shift[c], out + o, k.cols, a.activation_param);
     }
     flush(out, a.output + k.offset, k.numel());
-  });
+  }, chunk_elements<scalar_t, acc_t>(a.shape));
 }
 
 // The backward elementwise pass's per-channel inputs at a row's channel (see Coef).
@@ -205,7 +205,7 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
     }
     flush(dx, a.grad_input + k.offset, n);
     if constexpr (kResidual) flush(dres, a.grad_residual + k.offset, n);
-  });
+  }, chunk_elements<scalar_t, acc_t>(a.shape));
 }
 
 }  // namespace cpu

@@ -286,6 +286,12 @@ inline void reduce_tile_rows(const ReduceArgs<scalar_t, acc_t>& a, int64_t c0, i
   }
 }
 
+// Rows of `cols` converted columns the backward reduction gathers at once (see kStreamChunk).
+inline int64_t gathered_rows(const BnShape& shape, int64_t element_bytes, int64_t cols) {
+  if (!streamed(shape, element_bytes)) return kTileRows;
+  return std::clamp<int64_t>(kStreamChunk / cols, 1, kTileRows);
+}
+
 template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
@@ -310,9 +316,10 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
         std::fill(sum_g, sum_g + cols, acc_t(0));
         std::fill(sum_g_xc, sum_g_xc + cols, acc_t(0));
         // Input read in place is read a block at a time; converted input is gathered kTileRows
-        // rows at a time, into buffers that stay in L1. Either is swept kTileRows rows at once
-        // where the tensor stays in cache (see RowTiles).
-        const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n : kTileRows;
+        // rows at a time into buffers that stay in L1 (on a streamed tensor, up to kStreamChunk
+        // elements). Either is swept kTileRows rows at once where the tensor stays in cache (see
+        // RowTiles), except while g is kept.
+        const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n : gathered_rows(a.shape, sizeof(scalar_t), cols);
         for (int64_t q0 = 0; q0 < n; q0 += group) {
           const int64_t qn = std::min(group, n - q0);
           with_row_block<acc_t>(C, r0 + q0, qn, c0, cols, [&](const auto* dy, const auto* saved, const auto* res) {
