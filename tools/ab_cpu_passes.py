@@ -4,8 +4,10 @@ either extension: tools/cpu_pass_timer/pass_timer.cpp is compiled against each c
 run alternately, `--rounds` times each, and the minimum per pass is kept.
 
     python tools/ab_cpu_passes.py --base /path/to/old/checkout --new . \\
-        [--shapes 1024x196 512x784 2048x49] [--threads 1] [--rounds 4]
+        [--shapes 1024x196 512x784 2048x49] [--threads 1] [--rounds 4] [--cold]
 
+--cold evicts the caches before every call (pass_timer.cpp): without it, the few tensors of a
+shape up to ~25 MB stay in L3 between calls and the passes run faster than in a training step.
 A shape is CxS (channels x H*W, batch 8). Prints ms per pass, base then new, and whether the
 elementwise checksums match (the reductions may differ in the last bits with summation order).
 """
@@ -57,6 +59,7 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="+", default=["1024x196", "512x784", "2048x49", "256x196", "64x3136"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--cold", action="store_true", help="evict the caches before every call")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         binaries = {}
@@ -68,13 +71,15 @@ def main(argv=None):
         for _ in range(args.rounds):
             for name, binary in binaries.items():
                 out = subprocess.run([binary, str(args.threads)] + args.shapes, capture_output=True, text=True,
+                                     env=dict(os.environ, PASS_TIMER_COLD="1" if args.cold else "0"),
                                      check=True).stdout
                 for line in out.splitlines():
                     case = " ".join(line.split()[:3])
                     for what, value in re.findall(r"(\w+) ([\d.]+)", line.split("|")[0]):
                         times[case][(name, what)].append(float(value))
                     checksums[case][name] = line.split("checksum")[1].split()[0]
-    print(f"ms per pass, min of {args.rounds} rounds of 60 calls' first quartile, {args.threads} thread(s): base -> new")
+    print(f"ms per pass, min of {args.rounds} rounds of 60 calls' first quartile, {args.threads} thread(s)"
+          f"{', caches evicted before each call' if args.cold else ''}: base -> new")
     print("| case | " + " | ".join(PASSES) + " | sum | elementwise results |")
     print("| --- |" + " ---: |" * (len(PASSES) + 1) + " --- |")
     for case, cell in times.items():

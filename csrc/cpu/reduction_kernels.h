@@ -126,8 +126,12 @@ constexpr int64_t kConvertedCols = 256;
 struct RowBlocks {
   int64_t cols_per_block, rows_per_block, count;
 
-  RowBlocks(const BnShape& shape, bool converted)
-      : cols_per_block(std::min(shape.channels, converted ? kConvertedCols : kBlock)),
+  // Converted blocks of a streamed tensor (chunks.h) span whole rows up to kBlock channels, as
+  // blocks read in place do: kConvertedCols-wide blocks of wider rows read memory in pieces. The
+  // float16 backward reduction at 8x512x28x28 channels_last took 2.8-3.0 ms that way, 1.6 with
+  // whole rows (1 thread, caches evicted before each call, `python tools/ab_cpu_passes.py --cold`).
+  RowBlocks(const BnShape& shape, int64_t element_bytes, bool converted)
+      : cols_per_block(std::min(shape.channels, converted && !streamed(shape, element_bytes) ? kConvertedCols : kBlock)),
         rows_per_block(std::max<int64_t>(kMinRows, kRowBlock / cols_per_block)),
         count((shape.reduce_size() + rows_per_block - 1) / rows_per_block) {}
 
@@ -156,7 +160,7 @@ inline auto with_row_block(int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t
 template <typename scalar_t, typename acc_t>
 void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
-  const RowBlocks blocks(a.shape, !kReadsInPlace<scalar_t, acc_t>);
+  const RowBlocks blocks(a.shape, sizeof(scalar_t), !kReadsInPlace<scalar_t, acc_t>);
   const int threads = at::get_num_threads();
   // Per-thread partials, in double (see stats_planar); every channel of a thread has seen the
   // same rows, so one count each.
@@ -295,7 +299,7 @@ inline int64_t gathered_rows(const BnShape& shape, int64_t element_bytes, int64_
 template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
-  const RowBlocks blocks(a.shape, !kReadsInPlace<scalar_t, acc_t>);
+  const RowBlocks blocks(a.shape, sizeof(scalar_t), !kReadsInPlace<scalar_t, acc_t>);
   // Not while g is kept (SiLU's and the other libm activations' backward, and so GroupNorm's):
   // there, sweeping made the GroupNorm + SiLU backward slower (bfloat16 channels_last
   // 8x320x64x64 0.64x, `python tools/ab_group_norm_backward.py`).
