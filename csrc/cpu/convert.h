@@ -107,10 +107,12 @@ constexpr bool kConverts16 = std::is_same_v<scalar_t, c10::Half> || std::is_same
 
 // How far ahead of its loads to_acc prefetches. A conversion loop is a burst of loads with little
 // work between them: it stalls on memory where the hardware prefetcher has not run ahead, which
-// cost float16 as much time as float32 on streamed tensors (twice its bytes). 2 KiB ahead, the
-// float16 passes at 8x256x56x56 channels_last (1 thread, caches evicted before each call,
-// `python tools/ab_cpu_passes.py --cold`): backward reduction 2.7 -> 2.1-2.3 ms, elementwise
-// 4.3 -> 3.2-3.7; at 8x512x28x28 NCHW the reduction 2.0 -> 1.3. Cached tensors: no change.
+// cost float16 as much time as float32 on streamed tensors (half its bytes). float16 passes, 1
+// thread, caches evicted before each call (`python tools/ab_cpu_passes.py --cold`), two runs
+// each: 1 and 4 KiB ahead gained alike (8x256x56x56 channels_last backward reduction 2.7 ->
+// 2.1-2.3 ms, elementwise 4.3 -> 3.2-3.7; 8x512x28x28 NCHW reduction 2.0 -> 1.3); 2 KiB, kept:
+// 8x512x28x28 channels_last reduction 1.8 -> 1.3-1.4, elementwise 2.5 -> 2.0-2.1. Cached tensors
+// (8x1024x14x14, 8x2048x7x7): no change beyond noise.
 constexpr int64_t kPrefetchBytes = 2048;
 
 // dst[i] = src[i] as acc_t, for i < n.
