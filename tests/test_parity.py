@@ -136,7 +136,7 @@ def test_channels_last_walks(walk, activation, residual, generator, poison_empty
 
 
 # float16 NCHW planes of a streamed tensor (over 4 MiB) are cut into 256-element pieces
-# (kStreamChunk): 3 planes' pieces here end in a 164-element tail.
+# (kStreamChunk): each 230x230 plane here is 206 pieces and a 164-element tail.
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("activation", ["relu", "silu"])
 def test_streamed_float16_planes(activation, residual, generator, poison_empty):

@@ -130,8 +130,14 @@ struct RowBlocks {
   // blocks read in place do: kConvertedCols-wide blocks of wider rows read memory in pieces. The
   // float16 backward reduction at 8x512x28x28 channels_last took 2.8-3.0 ms that way, 1.6 with
   // whole rows (1 thread, caches evicted before each call, `python tools/ab_cpu_passes.py --cold`).
-  RowBlocks(const BnShape& shape, int64_t element_bytes, bool converted)
-      : cols_per_block(std::min(shape.channels, converted && !streamed(shape, element_bytes) ? kConvertedCols : kBlock)),
+  template <typename scalar_t, typename acc_t>
+  static RowBlocks of(const BnShape& shape) {
+    const bool converted = !kReadsInPlace<scalar_t, acc_t>;
+    return RowBlocks(shape, converted && !streamed(shape, sizeof(scalar_t)) ? kConvertedCols : kBlock);
+  }
+
+  RowBlocks(const BnShape& shape, int64_t max_cols)
+      : cols_per_block(std::min(shape.channels, max_cols)),
         rows_per_block(std::max<int64_t>(kMinRows, kRowBlock / cols_per_block)),
         count((shape.reduce_size() + rows_per_block - 1) / rows_per_block) {}
 
@@ -160,7 +166,7 @@ inline auto with_row_block(int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t
 template <typename scalar_t, typename acc_t>
 void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
-  const RowBlocks blocks(a.shape, sizeof(scalar_t), !kReadsInPlace<scalar_t, acc_t>);
+  const auto blocks = RowBlocks::of<scalar_t, acc_t>(a.shape);
   const int threads = at::get_num_threads();
   // Per-thread partials, in double (see stats_planar); every channel of a thread has seen the
   // same rows, so one count each.
@@ -299,7 +305,7 @@ inline int64_t gathered_rows(const BnShape& shape, int64_t element_bytes, int64_
 template <typename Act, bool kResidual, bool kFromOutput, bool kKeepGrad, typename scalar_t, typename acc_t>
 void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cache) {
   const int64_t C = a.shape.channels, rows = a.shape.reduce_size();
-  const RowBlocks blocks(a.shape, sizeof(scalar_t), !kReadsInPlace<scalar_t, acc_t>);
+  const auto blocks = RowBlocks::of<scalar_t, acc_t>(a.shape);
   // Not while g is kept (SiLU's and the other libm activations' backward, and so GroupNorm's):
   // there, sweeping made the GroupNorm + SiLU backward slower (bfloat16 channels_last
   // 8x320x64x64 0.64x, `python tools/ab_group_norm_backward.py`).
