@@ -35,7 +35,8 @@ check-imports:
 # per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), on a build with AddressSanitizer
 # + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build is left alone).
 SANITIZE_TESTS ?= -m "not slow" tests/test_errors.py tests/test_numerics.py tests/test_fuzz.py \
-  tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py
+  tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py \
+  tests/test_parity.py::test_channels_last_walks
 test-sanitize: venv
 	SANITIZE=1 bash tools/scratch_test.sh sanitize $(PY) -q $(SANITIZE_TESTS)
 

@@ -112,6 +112,8 @@ def test_every_activation_layout_dtype(activation, layout, dtype, residual, gene
 # 4 MiB is swept 4 rows at once, in tiles of up to 256 channels, leaving rows and channels over;
 # a larger one, and float32 whose rows lie a multiple of 4 KiB apart, one row at a time, in
 # pieces of up to 1024 channels (float16, converted: tiles of up to 256 elements, kStreamChunk).
+# The reductions read rows of up to 2048 channels (kBlock) in place; wider ones are gathered in
+# column blocks (reduction_kernels.h, gather_buffer).
 # Each walk against the float64 reference, with the recomputed derivative (relu) and the cached
 # one (silu).
 CHANNELS_LAST_WALKS = {
@@ -122,6 +124,7 @@ CHANNELS_LAST_WALKS = {
     "streamed_pieces": ((2, 1100, 24, 24), torch.float32),  # 5 MB, 1024 + 76 channels
     "streamed_float16": ((2, 1100, 31, 31), torch.float16),  # 4.2 MB, 4 x 256 + 76 channels
     "streamed_float16_narrow": ((2, 100, 110, 110), torch.float16),  # 4.8 MB, 2 rows of 100
+    "gathered_wide_rows": ((2, 2100, 3, 3), torch.bfloat16),  # reductions: 2048 + 52 channels a block
 }
 
 

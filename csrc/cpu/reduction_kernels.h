@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -153,6 +154,15 @@ inline const acc_t* gather_rows(const scalar_t* base, int64_t C, int64_t r0, int
   return buf;
 }
 
+// A gather buffer for with_row_block, `rows` rows of a block's columns, left uninitialised; none
+// where every block is whole rows of a type read in place. (Zeroed vectors of a whole block,
+// three per task in the backward reduction, were written on every call however small the tensor.)
+template <typename scalar_t, typename acc_t>
+std::unique_ptr<acc_t[]> gather_buffer(const BnShape& shape, const RowBlocks& blocks, int64_t rows) {
+  const bool in_place = kReadsInPlace<scalar_t, acc_t> && blocks.cols_per_block == shape.channels;
+  return std::unique_ptr<acc_t[]>(new acc_t[in_place ? 0 : rows * blocks.cols_per_block]);
+}
+
 // As with_planar_block, for a channels_last block: in place when it spans whole rows.
 template <typename acc_t, typename scalar_t, typename F, typename... Buffers>
 inline auto with_row_block(int64_t C, int64_t r0, int64_t n, int64_t c0, int64_t cols, F f,
@@ -174,7 +184,8 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
   std::vector<int64_t> t_count(threads, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
-    std::vector<acc_t> buf(blocks.numel()), block_mean(blocks.cols_per_block), block_m2(blocks.cols_per_block);
+    const auto buf = gather_buffer<scalar_t, acc_t>(a.shape, blocks, blocks.rows_per_block);
+    std::vector<acc_t> block_mean(blocks.cols_per_block), block_m2(blocks.cols_per_block);
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * blocks.rows_per_block, n = std::min(rows - r0, blocks.rows_per_block);
       const acc_t len = static_cast<acc_t>(n);
@@ -203,7 +214,7 @@ void stats_channels_last(const StatsArgs<scalar_t, acc_t>& a) {
             }
           }
           return 0;
-        }, std::pair<const scalar_t*, acc_t*>{a.input, buf.data()});
+        }, std::pair<const scalar_t*, acc_t*>{a.input, buf.get()});
         // Chan merge of the block into this thread's partial, all channels at once.
         double* mean = &t_mean[tid * C + c0];
         double* m2 = &t_m2[tid * C + c0];
@@ -315,7 +326,11 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     const int tid = at::get_thread_num();
-    std::vector<acc_t> dy_buf(blocks.numel()), saved_buf(blocks.numel()), res_buf(kResidual ? blocks.numel() : 0);
+    // Converted input is gathered at most kTileRows rows at a time (below).
+    const int64_t buf_rows = kReadsInPlace<scalar_t, acc_t> ? blocks.rows_per_block : kTileRows;
+    const auto dy_buf = gather_buffer<scalar_t, acc_t>(a.shape, blocks, buf_rows);
+    const auto saved_buf = gather_buffer<scalar_t, acc_t>(a.shape, blocks, buf_rows);
+    const auto res_buf = gather_buffer<scalar_t, acc_t>(a.shape, blocks, kResidual ? buf_rows : 0);
     std::vector<acc_t> g_sums(blocks.cols_per_block), g_xc_sums(blocks.cols_per_block);
     acc_t* sum_g = g_sums.data();
     acc_t* sum_g_xc = g_xc_sums.data();
@@ -344,9 +359,9 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
                                                                kResidual ? res + r * cols : nullptr,
                                                                kKeepGrad ? g_out + r * C : nullptr, C, sum_g, sum_g_xc);
             return 0;
-          }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.data()},
-             std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.data()},
-             std::pair<const scalar_t*, acc_t*>{a.residual, res_buf.data()});
+          }, std::pair<const scalar_t*, acc_t*>{a.grad_out, dy_buf.get()},
+             std::pair<const scalar_t*, acc_t*>{a.saved, saved_buf.get()},
+             std::pair<const scalar_t*, acc_t*>{a.residual, res_buf.get()});
         }
         double* g_total = &t_g[tid * C + c0];
         double* g_xc_total = &t_g_xc[tid * C + c0];
