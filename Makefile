@@ -32,7 +32,8 @@ check-imports:
 	$(PYTHON) tools/check_import_cycles.py $(PACKAGES)
 
 # The bad-input and edge-case tests (and the fuzzer's CI budget), and the GroupNorm ops (their
-# per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), on a build with AddressSanitizer
+# per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), and the BatchNorm
+# channels_last walks (the reductions' gather buffers), on a build with AddressSanitizer
 # + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build is left alone).
 SANITIZE_TESTS ?= -m "not slow" tests/test_errors.py tests/test_numerics.py tests/test_fuzz.py \
   tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py \
