@@ -18,7 +18,7 @@ from typing import List, Tuple
 
 from torch import nn
 
-from . import folding, fx_passes, module_swap, none_patterns, sequential, siblings
+from . import folding, fx_passes, module_swap, none_patterns, sequential, siblings, tracing
 
 REPORT_ATTRIBUTE = "pyfusedbn_report"
 
@@ -54,7 +54,7 @@ def _run(operation, model, inplace, trace, graph_pass, sequential_rewrite, wante
              if operation == "convert" else [])
     if operation == "revert":
         _revert_dispatching(model, report)
-    gm, untraced = fx_passes.trace(model) if trace else (None, "trace=False")
+    gm, untraced = tracing.trace(model) if trace else (None, "trace=False")
     if gm is not None:
         report.method = "found with torch.fx; the model is now a torch.fx.GraphModule"
         graph_pass(gm, report)
@@ -92,12 +92,12 @@ def _traced_parts(operation, model, graph_pass, report, untraceable, prefix=""):
                                     f"{prefix}{name}.")
             continue
         leaves = frozenset()
-        gm, why = fx_passes.trace_for_any_inputs(child)
+        gm, why = tracing.trace_for_any_inputs(child)
         if gm is None:
             traced |= _traced_parts(operation, child, graph_pass, report, untraceable,
                                     f"{prefix}{name}.")
             leaves = frozenset(i for i in untraceable if i in {id(m) for m in child.modules()})
-            gm, _ = fx_passes.trace_for_any_inputs(child, leaves) if leaves else (None, why)
+            gm, _ = tracing.trace_for_any_inputs(child, leaves) if leaves else (None, why)
         part = ConversionReport(operation)
         if gm is None:
             per_pattern = (none_patterns.convert_per_pattern(child, graph_pass, leaves)

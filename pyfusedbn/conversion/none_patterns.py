@@ -8,7 +8,8 @@ import inspect
 import itertools
 from types import SimpleNamespace
 
-from .fx_passes import ORIGINAL_CLASS, is_dispatching, set_module, trace
+from .fx_passes import set_module
+from .tracing import ORIGINAL_CLASS, is_dispatching, trace
 from .module_swap import norm_from_fused
 
 # At most 2**MAX_OPTIONAL graphs per module: arguments after the first that may be None.
