@@ -40,10 +40,10 @@ PASSES = ("stats", "apply", "reduce", "elemt")
 
 def build(checkout, out):
     root = os.path.dirname(torch.__file__)
-    host_cpu_flags, libmvec_flags = setup_functions("host_cpu_flags", "libmvec_flags")
+    host_cpu_flags, libmvec_flags, codegen_flags = setup_functions("host_cpu_flags", "libmvec_flags", "codegen_flags")
     cpu_flags = host_cpu_flags()
     defines, link = libmvec_flags(cpu_flags)
-    command = (["g++", "-std=c++17", "-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + cpu_flags + defines
+    command = (["g++", "-std=c++17", "-O3", "-fopenmp"] + codegen_flags() + cpu_flags + defines
                + ["-I", os.path.join(os.path.abspath(checkout), "csrc"), "-I", os.path.join(root, "include"),
                   "-I", os.path.join(root, "include", "torch", "csrc", "api", "include"),
                   os.path.join(HERE, "cpu_pass_timer", "pass_timer.cpp"), "-o", out,

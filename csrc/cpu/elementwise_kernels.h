@@ -59,10 +59,14 @@ inline void apply_tile_rows(Rows<const In> x, Rows<const In> res, const acc_t* s
   }
 }
 
-// Moves every stream of a tile on by `rows` rows.
+// Moves streams of a tile on by `rows` rows. Callers pass only the streams they have: a null
+// check here (for an absent residual) was kept inside the compute loops by GCC 12, which then
+// took bfloat16's in-place loads for gathers and left the AVX2 backward elementwise loop scalar
+// and branchy (bfloat16 8x64x112x112 channels_last 26.5 ms where float16 took 1.7,
+// `python tools/ab_cpu_passes.py --shapes 64x12544`, 2 threads, an AVX2-only Zen 3).
 template <typename... Streams>
 inline void advance_rows(int64_t rows, Streams&... streams) {
-  ((streams.p = streams.p ? streams.p + rows * streams.stride : nullptr), ...);
+  ((streams.p += rows * streams.stride), ...);
 }
 
 template <typename Act, bool kResidual, typename scalar_t, typename acc_t>
@@ -78,11 +82,13 @@ void apply_channels_last(const ApplyArgs<scalar_t, acc_t>& a) {
     int64_t r = 0;
     for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) {
       apply_tile_rows<kTileRows, Act, kResidual>(x, res, scale, shift, out, t.cols, a.activation_param);
-      advance_rows(kTileRows, x, res, out);
+      advance_rows(kTileRows, x, out);
+      if constexpr (kResidual) advance_rows(kTileRows, res);
     }
     for (; r < t.rows; ++r) {
       apply_tile_rows<1, Act, kResidual>(x, res, scale, shift, out, t.cols, a.activation_param);
-      advance_rows(1, x, res, out);
+      advance_rows(1, x, out);
+      if constexpr (kResidual) advance_rows(1, res);
     }
     flush_tile(out_buf, a.output, C, t);
   });
@@ -118,19 +124,19 @@ struct ElemtCoefficients {
         coef_const(a.coef_const + c) {}
 };
 
+// One plane (or part of one) of channel c, whose coefficients the loop holds in registers.
 // In: acc_t, or bfloat16 read in place (read_view).
-template <bool kPerColumn, typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t,
-          typename In>
+template <typename Act, bool kResidual, bool kFromOutput, typename scalar_t, typename acc_t, typename In>
 inline void elemt_row(const ElemtArgs<scalar_t, acc_t>& a, int64_t c, const In* dy, const In* saved,
                       const In* res, acc_t* dx, acc_t* dres, int64_t len) {
-  const ElemtCoefficients<kPerColumn, acc_t> k(a, c);
-  const acc_t param = a.activation_param;
+  const acc_t mean = a.mean[c], scale = a.scale[c], bias = a.bias[c], coef_g = a.coef_g[c], coef_xc = a.coef_xc[c],
+              coef_const = a.coef_const[c], param = a.activation_param;
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
     const auto t = grad_and_centred<Act, kResidual, kFromOutput>(
-        load_acc<acc_t>(dy[j]), load_acc<acc_t>(saved[j]), kResidual ? load_acc<acc_t>(res[j]) : acc_t(0),
-        k.mean[j], k.scale[j], k.bias[j], param);  // {xc, g}
-    dx[j] = t.z * k.coef_g[j] + t.xc * k.coef_xc[j] + k.coef_const[j];
+        load_acc<acc_t>(dy[j]), load_acc<acc_t>(saved[j]), kResidual ? load_acc<acc_t>(res[j]) : acc_t(0), mean,
+        scale, bias, param);  // {xc, g}
+    dx[j] = t.z * coef_g + t.xc * coef_xc + coef_const;
     if constexpr (kResidual) dres[j] = t.z;
   }
 }
@@ -173,11 +179,13 @@ void elemt_channels_last(const ElemtArgs<scalar_t, acc_t>& a) {
     int64_t r = 0;
     for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) {
       elemt_tile_rows<kTileRows, Act, kResidual, kFromOutput>(a, t.col, dy, saved, res, dx, dres, t.cols);
-      advance_rows(kTileRows, dy, saved, res, dx, dres);
+      advance_rows(kTileRows, dy, saved, dx);
+      if constexpr (kResidual) advance_rows(kTileRows, res, dres);
     }
     for (; r < t.rows; ++r) {
       elemt_tile_rows<1, Act, kResidual, kFromOutput>(a, t.col, dy, saved, res, dx, dres, t.cols);
-      advance_rows(1, dy, saved, res, dx, dres);
+      advance_rows(1, dy, saved, dx);
+      if constexpr (kResidual) advance_rows(1, res, dres);
     }
     flush_tile(dx_buf, a.grad_input, C, t);
     if constexpr (kResidual) flush_tile(dres_buf, a.grad_residual, C, t);
@@ -200,7 +208,7 @@ void elemt_kernel(const ElemtArgs<scalar_t, acc_t>& a) {
       const int64_t o = r * k.cols;
       const auto* r_res = kResidual ? res + o : nullptr;
       acc_t* r_dres = kResidual ? dres + o : nullptr;
-      elemt_row<false, Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o, r_dres,
+      elemt_row<Act, kResidual, kFromOutput>(a, (k.first + r) % C, dy + o, saved + o, r_res, dx + o, r_dres,
                                                     k.cols);
     }
     flush(dx, a.grad_input + k.offset, n);
