@@ -135,10 +135,16 @@ inline void to_acc(const scalar_t* src, acc_t* dst, int64_t n) {
 #endif
 #if defined(__F16C__)
   if constexpr (std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
-    for (; i + 8 <= n; i += 8) {
+    // A cache line (32 values) per step, one prefetch each: a prefetch per 8 values took load
+    // slots from the loads (AVX2 Zen 3, 2 threads, `python tools/ab_cpu_passes.py`, float16 pass
+    // sums: 8x1024x14x14 NCHW 1.36 -> 0.97 ms, 8x256x56x56 NCHW 6.6 -> 5.0, channels_last 7.5 -> 6.8).
+    for (; i + 32 <= n; i += 32) {
       _mm_prefetch(reinterpret_cast<const char*>(src + i) + kPrefetchBytes, _MM_HINT_T0);
-      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+      for (int64_t k = 0; k < 32; k += 8)
+        _mm256_storeu_ps(dst + i + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + k))));
     }
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
   }
 #endif
 #if defined(__AVX2__)
