@@ -19,10 +19,14 @@ cd "$root"
 rm -f pyfusedbn/_C*.so  # never test a library left from another build
 flags=""
 if [ "${SANITIZE:-0}" = 1 ]; then
-  # -g1: line tables only, all a report's stack trace needs (file:line); full -g made the build
-  # ~25% longer (CI's stage 779 s with -g, 591 s with -g1, same machine and day).
-  flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g1"
-  export PYFUSEDBN_OPT_LEVEL=-O1  # setup.py: -O3 with ASan took ~17 of CI's minutes to compile
+  flags="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
+  # -g1 (setup.py builds with -g0 otherwise): line tables only, all a report's stack trace needs
+  # (file:line); full -g made the build ~25% longer (CI's stage 779 s with -g, 591 s with -g1).
+  export PYFUSEDBN_DEBUG_INFO=-g1
+  # -O0: with the instrumentation on, the batch norm binding compiles in 229 s at -O0, 505 s at
+  # -O1 and ~17 CI minutes at -O3 (one core of an AVX2 Zen 3); the checks are the same at every
+  # level, only the tests run slower.
+  export PYFUSEDBN_OPT_LEVEL=-O0
 fi
 # CFLAGS/LDFLAGS reach torch's cpp_extension through distutils (compiler_so and ldshared).
 CFLAGS="$flags" LDFLAGS="$flags" PYFUSEDBN_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
