@@ -319,8 +319,13 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
   const auto blocks = RowBlocks::of<scalar_t, acc_t>(a.shape);
   // Not while g is kept (SiLU's and the other libm activations' backward, and so GroupNorm's):
   // there, sweeping made the GroupNorm + SiLU backward slower (bfloat16 channels_last
-  // 8x320x64x64 0.64x, `python tools/ab_group_norm_backward.py`).
-  const int64_t sweep = kKeepGrad ? 1 : RowTiles(a.shape, sizeof(scalar_t), false).sweep;
+  // 8x320x64x64 0.64x, `python tools/ab_group_norm_backward.py`). Converted (float16) input is
+  // swept on streamed tensors too, kTileRows gathered rows at a time: one row at a time, its
+  // per-column coefficients and sums were loaded and stored per row (float16 relu, 2 threads,
+  // AVX2 Zen 3, `python tools/ab_cpu_passes.py --shapes 512x784 128x3136 256x3136`: 8x512x28x28
+  // 0.61 -> 0.47 ms, 8x128x56x56 0.58 -> 0.38, 8x256x56x56 1.17 -> 0.87).
+  const int64_t sweep =
+      kKeepGrad ? 1 : kReadsInPlace<scalar_t, acc_t> ? RowTiles(a.shape, sizeof(scalar_t), false).sweep : kTileRows;
 
   const int threads = at::get_num_threads();
   std::vector<double> t_g(threads * C, 0), t_g_xc(threads * C, 0);
@@ -344,7 +349,9 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
         // rows at a time into buffers that stay in L1 (on a streamed tensor, up to kStreamChunk
         // elements). Either is swept kTileRows rows at once where the tensor stays in cache (see
         // RowTiles), except while g is kept.
-        const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n : gathered_rows(a.shape, sizeof(scalar_t), cols);
+        const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n
+                              : sweep == kTileRows              ? kTileRows
+                                                                : gathered_rows(a.shape, sizeof(scalar_t), cols);
         for (int64_t q0 = 0; q0 < n; q0 += group) {
           const int64_t qn = std::min(group, n - q0);
           with_row_block<acc_t>(C, r0 + q0, qn, c0, cols, [&](const auto* dy, const auto* saved, const auto* res) {
