@@ -307,7 +307,8 @@ inline void reduce_tile_rows(const ReduceArgs<scalar_t, acc_t>& a, int64_t c0, i
   }
 }
 
-// Rows of `cols` converted columns the backward reduction gathers at once (see kStreamChunk).
+// Rows of `cols` converted columns the backward reduction gathers at once where it walks them one
+// row at a time (while g is kept; see kStreamChunk).
 inline int64_t gathered_rows(const BnShape& shape, int64_t element_bytes, int64_t cols) {
   if (!streamed(shape, element_bytes)) return kTileRows;
   return std::clamp<int64_t>(kStreamChunk / cols, 1, kTileRows);
@@ -323,7 +324,7 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
   // swept on streamed tensors too, kTileRows gathered rows at a time: one row at a time, its
   // per-column coefficients and sums were loaded and stored per row (float16 relu, 2 threads,
   // AVX2 Zen 3, `python tools/ab_cpu_passes.py --shapes 512x784 128x3136 256x3136`: 8x512x28x28
-  // 0.61 -> 0.47 ms, 8x128x56x56 0.58 -> 0.38, 8x256x56x56 1.17 -> 0.87).
+  // 0.63 -> 0.50 ms, 8x128x56x56 0.60 -> 0.41, 8x256x56x56 1.25 -> 0.85).
   const int64_t sweep =
       kKeepGrad ? 1 : kReadsInPlace<scalar_t, acc_t> ? RowTiles(a.shape, sizeof(scalar_t), false).sweep : kTileRows;
 
@@ -345,10 +346,10 @@ void reduce_channels_last(const ReduceArgs<scalar_t, acc_t>& a, acc_t* grad_cach
         const int64_t cols = std::min(blocks.cols_per_block, C - c0);
         std::fill(sum_g, sum_g + cols, acc_t(0));
         std::fill(sum_g_xc, sum_g_xc + cols, acc_t(0));
-        // Input read in place is read a block at a time; converted input is gathered kTileRows
-        // rows at a time into buffers that stay in L1 (on a streamed tensor, up to kStreamChunk
-        // elements). Either is swept kTileRows rows at once where the tensor stays in cache (see
-        // RowTiles), except while g is kept.
+        // Input read in place is read a block at a time, swept kTileRows rows at once where the
+        // tensor stays in cache (see RowTiles); converted input is gathered and swept kTileRows
+        // rows at a time (buffers that stay in L1). While g is kept, rows are walked one at a time
+        // and converted ones gathered up to kStreamChunk elements at once on a streamed tensor.
         const int64_t group = kReadsInPlace<scalar_t, acc_t> ? n
                               : sweep == kTileRows              ? kTileRows
                                                                 : gathered_rows(a.shape, sizeof(scalar_t), cols);
