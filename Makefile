@@ -33,11 +33,12 @@ check-imports:
 
 # The bad-input and edge-case tests (and the fuzzer's CI budget), and the GroupNorm ops (their
 # per-sample kernel walk, the per-thread gradient cache, and their own fuzzer), and the BatchNorm
-# channels_last walks (the reductions' gather buffers), on a build with AddressSanitizer
-# + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build is left alone).
+# channels_last walks (the reductions' gather buffers) and float16 planes (register blocks), on a
+# build with AddressSanitizer + UndefinedBehaviorSanitizer, in build/sanitize (the in-place build
+# is left alone).
 SANITIZE_TESTS ?= -m "not slow" tests/test_errors.py tests/test_numerics.py tests/test_fuzz.py \
   tests/test_group_norm_ops.py tests/test_group_norm_parity.py tests/test_group_norm_fuzz.py \
-  tests/test_parity.py::test_channels_last_walks
+  tests/test_parity.py::test_channels_last_walks tests/test_parity.py::test_float16_planes
 test-sanitize: venv
 	SANITIZE=1 bash tools/scratch_test.sh sanitize $(PY) -q $(SANITIZE_TESTS)
 
@@ -81,11 +82,11 @@ EMULATED_BACKEND_SANITIZE_ARGS ?= -x
 # The lowest torch pyproject.toml supports, in its own venv and build directory: the CPU suite
 # less its long tail (the full matrix runs on TORCH_VERSION in `make test`) and the tests that
 # check only our own code's walks, not torch's API (the CUDA launch-geometry simulator, the CPU
-# kernels' channels_last and streamed float16 walks).
+# kernels' channels_last walks and float16 planes).
 LOW_TORCH_VERSION ?= 2.11.0
 LOW_VENV ?= .venv-torch$(LOW_TORCH_VERSION)
 LOW_TORCH_TESTS ?= $(NOT_EMULATED) -m "not slow" -k "not test_every_activation_layout_dtype and not test_benchmarks_smoke \
-  and not test_launch_geometry and not test_channels_last_walks and not test_streamed_float16_planes"
+  and not test_launch_geometry and not test_channels_last_walks and not test_float16_planes"
 # Built at -O1: it checks torch's API, not speed, and compiles in less than half the time of -O3.
 test-lowest-torch:
 	$(MAKE) venv VENV=$(LOW_VENV) TORCH_VERSION=$(LOW_TORCH_VERSION)

@@ -111,7 +111,9 @@ def test_every_activation_layout_dtype(activation, layout, dtype, residual, gene
 # How the CPU kernels walk channels_last input (csrc/cpu/chunks.h, RowTiles): a tensor of up to
 # 4 MiB is swept 4 rows at once, in tiles of up to 256 channels, leaving rows and channels over;
 # a larger one, and float32 whose rows lie a multiple of 4 KiB apart, one row at a time, in
-# pieces of up to 1024 channels (float16, converted: tiles of up to 256 elements, kStreamChunk).
+# pieces of up to 1024 channels (float16 converted through buffers: tiles of up to 256 elements,
+# kStreamChunk). On AVX2 + F16C machines float16 is converted in registers instead, 8 channels a
+# block (convert.h, kConvertsInRegisters), a row's last (C % 8) with a run-time length.
 # The reductions read rows of up to 2048 channels (kBlock) in place; wider ones are gathered in
 # column blocks (reduction_kernels.h, gather_buffer).
 # Each walk against the float64 reference, with the recomputed derivative (relu) and the cached
@@ -120,6 +122,7 @@ CHANNELS_LAST_WALKS = {
     "swept_column_tiles": ((3, 300, 5, 3), torch.float32),  # 45 rows, 256 + 44 channels
     "swept_narrow_rows": ((3, 20, 5, 3), torch.bfloat16),   # one tile of 45 rows
     "swept_float16": ((2, 600, 3, 5), torch.float16),       # 30 rows, 256 + 256 + 88 channels
+    "swept_float16_blocks": ((3, 37, 5, 3), torch.float16),  # 45 rows of 4 x 8 + 5 channels
     "aliased_rows": ((2, 1024, 3, 3), torch.float32),       # 4 KiB rows
     "streamed_pieces": ((2, 1100, 24, 24), torch.float32),  # 5 MB, 1024 + 76 channels
     "streamed_float16": ((2, 1100, 31, 31), torch.float16),  # 4.2 MB, 4 x 256 + 76 channels
@@ -138,12 +141,22 @@ def test_channels_last_walks(walk, activation, residual, generator, poison_empty
               training_steps=1)
 
 
-# float16 NCHW planes of a streamed tensor (over 4 MiB) are cut into 256-element pieces
-# (kStreamChunk): each 230x230 plane here is 206 pieces and a 164-element tail.
+# float16 NCHW planes: a streamed tensor's (over 4 MiB) are cut into pieces of 256 elements
+# where they are converted through buffers (kStreamChunk), of 1024 where they are converted in
+# registers (AVX2 + F16C); planes of 256 elements or more are converted in registers 8 at a time,
+# the last (plane % 8) as a zero-padded block (elementwise_kernels.h, kPlanarRegisterCols).
+FLOAT16_PLANES = {
+    "streamed": (2, 20, 230, 230),  # 230x230: 206 x 256 + 164, or 51 x 1024 + 676 (84 x 8 + 4)
+    "register_blocks": (3, 6, 17, 19),  # 323 = 40 x 8 + 3
+    "bulk": (3, 6, 15, 15),  # 225 < 256
+}
+
+
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
 @pytest.mark.parametrize("activation", ["relu", "silu"])
-def test_streamed_float16_planes(activation, residual, generator, poison_empty):
-    shape = (2, 20, 230, 230)
+@pytest.mark.parametrize("planes", list(FLOAT16_PLANES))
+def test_float16_planes(planes, activation, residual, generator, poison_empty):
+    shape = FLOAT16_PLANES[planes]
     module = make_module(4, shape[1], torch.float16, generator, activation=activation)
     run_steps(module, 4, shape, torch.contiguous_format, torch.float16, activation, None, residual, generator,
               training_steps=1)

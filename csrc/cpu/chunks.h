@@ -2,13 +2,16 @@
 // accumulate type. 16-bit input is converted chunk by chunk into a stack buffer (to_acc), the
 // compute loops then run on acc_t pointers only (the same vectorised code as float32 input) and
 // 16-bit results are converted back in bulk (from_acc); input already in acc_t is used in place,
-// and so is bfloat16 input (read_view: its load is a shift). Converting float16 inside the compute
-// loops instead costs 3-8x, and rounding bfloat16 results there 2-4x.
+// and so is bfloat16 input (read_view: its load is a shift). Converting float16 element by element
+// inside the compute loops instead costs 3-8x, and rounding bfloat16 results there 2-4x; on AVX2
+// machines the elementwise passes convert float16 in registers, a block of 8 at a time
+// (kConvertsInRegisters, for_each_register_block).
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <type_traits>
 
 #include "../common/kernel_args.h"
@@ -94,7 +97,8 @@ constexpr int64_t kStreamChunk = 256;
 // Elements per chunk of scalar_t input converted to acc_t (see kStreamChunk).
 template <typename scalar_t, typename acc_t>
 inline int64_t chunk_elements(const BnShape& shape) {
-  return !kReadsInPlace<scalar_t, acc_t> && streamed(shape, sizeof(scalar_t)) ? kStreamChunk : kChunk;
+  const bool buffered = !kReadsInPlace<scalar_t, acc_t> && !kConvertsInRegisters<scalar_t, acc_t>;
+  return buffered && streamed(shape, sizeof(scalar_t)) ? kStreamChunk : kChunk;
 }
 
 // Calls body(chunk) over every element once, split for threads, in chunks of at most kChunk
@@ -169,7 +173,8 @@ struct RowTiles {
 // threads. acc_t: the results' type (scalar_t results are stored in place).
 template <typename scalar_t, typename acc_t, typename Body>
 inline void for_each_tile(const BnShape& shape, Body body) {
-  const RowTiles t(shape, sizeof(scalar_t), std::is_same_v<scalar_t, acc_t>, chunk_elements<scalar_t, acc_t>(shape));
+  const bool writes_in_place = std::is_same_v<scalar_t, acc_t> || kConvertsInRegisters<scalar_t, acc_t>;
+  const RowTiles t(shape, sizeof(scalar_t), writes_in_place, chunk_elements<scalar_t, acc_t>(shape));
   const int64_t R = shape.reduce_size(), C = shape.channels;
   at::parallel_for(0, t.row_tiles * t.col_tiles, std::max<int64_t>(1, kGrain / kChunk), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -179,6 +184,15 @@ inline void for_each_tile(const BnShape& shape, Body body) {
   });
 }
 
+// Calls rows(kRows) for a tile's rows in order, kRows a std::integral_constant: kTileRows rows at
+// once while the tile is swept (RowTiles) and as many are left, then one at a time.
+template <typename Body>
+inline void for_each_sweep(const Tile& t, Body rows) {
+  int64_t r = 0;
+  for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) rows(std::integral_constant<int64_t, kTileRows>());
+  for (; r < t.rows; ++r) rows(std::integral_constant<int64_t, 1>());
+}
+
 // One stream of a tile as the compute loops see it: `p` at the tile's first element, rows
 // `stride` apart.
 template <typename T>
@@ -186,6 +200,42 @@ struct Rows {
   T* p;
   int64_t stride;
 };
+
+// Runs compute(in, out, j, n) on column j's block of kRows rows, for every block of `len` columns
+// (for_each_block): `in` holds each input stream's values there as acc_t in kRegisterBlock-wide
+// Rows (kConvertsInRegisters: kept in registers once inlined), `out` receives the results, then
+// rounded into the output streams. Only the first kInUsed and kOutUsed streams are read and
+// written: the others are absent (a residual the layer does not have). A run-time check there
+// instead kept the blocks on the stack.
+// kPadTail: the last (len % kRegisterBlock) columns are computed as a whole block, zero-filled
+// past the row's end, and only the row's results are stored; for a compute that reads nothing
+// per column (a planar row's coefficients are one value), so the lanes past the end read no
+// memory. A run-time length there made the planar passes slower than the bulk conversions at
+// 7x7 and 14x14 planes (backward elementwise 8x2048x49 0.21 -> 0.34 ms, 2 threads, AVX2 Zen 3).
+template <int64_t kRows, size_t kInUsed, size_t kOutUsed, bool kPadTail, typename acc_t, typename scalar_t,
+          size_t kIn, size_t kOut, typename Compute>
+inline void for_each_register_block(const std::array<Rows<const scalar_t>, kIn>& in,
+                                    const std::array<Rows<scalar_t>, kOut>& out, int64_t len, Compute compute) {
+  for_each_block(len, [&](int64_t j, auto n) {
+    acc_t in_values[kIn][kRows * kRegisterBlock], out_values[kOut][kRows * kRegisterBlock];
+    std::array<Rows<const acc_t>, kIn> in_blocks;
+    std::array<Rows<acc_t>, kOut> out_blocks;
+    for (size_t s = 0; s < kIn; ++s) in_blocks[s] = {in_values[s], kRegisterBlock};
+    for (size_t s = 0; s < kOut; ++s) out_blocks[s] = {out_values[s], kRegisterBlock};
+    for (size_t s = 0; s < kInUsed; ++s)
+      for (int64_t r = 0; r < kRows; ++r) {
+        acc_t* values = in_values[s] + r * kRegisterBlock;
+        load_block(in[s].p + r * in[s].stride + j, values, n);
+        if constexpr (kPadTail && !std::is_same_v<decltype(n), FullRegisterBlock>)
+          for (int64_t i = n; i < kRegisterBlock; ++i) values[i] = acc_t(0);
+      }
+    if constexpr (kPadTail) compute(in_blocks, out_blocks, j, FullRegisterBlock());
+    else compute(in_blocks, out_blocks, j, n);
+    for (size_t s = 0; s < kOutUsed; ++s)
+      for (int64_t r = 0; r < kRows; ++r)
+        store_block(out_values[s] + r * kRegisterBlock, out[s].p + r * out[s].stride + j, n);
+  });
+}
 
 // A tile of src (C channels) as the compute loops read it: in place where kReadsInPlace, else
 // converted row by row into buf.
