@@ -189,7 +189,8 @@ inline void for_each_tile(const BnShape& shape, Body body) {
 template <typename Body>
 inline void for_each_sweep(const Tile& t, Body rows) {
   int64_t r = 0;
-  for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows) rows(std::integral_constant<int64_t, kTileRows>());
+  for (; t.sweep == kTileRows && r + kTileRows <= t.rows; r += kTileRows)
+    rows(std::integral_constant<int64_t, kTileRows>());
   for (; r < t.rows; ++r) rows(std::integral_constant<int64_t, 1>());
 }
 

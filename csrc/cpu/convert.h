@@ -205,14 +205,15 @@ inline void from_acc(const acc_t* src, scalar_t* dst, int64_t n) {
   for (; i < n; ++i) dst[i] = store_as<scalar_t>(src[i]);
 }
 
-// float16 converted in registers inside the elementwise compute loops, kRegisterBlock values at a time:
-// a kernel copies kRegisterBlock values of each stream into small arrays (load_block), runs its compute
-// loop on them with the constant length FullRegisterBlock, and rounds the results out (store_block).
-// Inlined with a constant trip count, GCC keeps the arrays in registers, so the loop is
-// vcvtph2ps, the math, vcvtps2ph: no L1 buffer round trip (to_acc, from_acc), which costs a
-// store and a load per value and stream. Only on AVX2 + F16C machines without AVX-512, the ones
-// it was measured on; elsewhere float16 keeps the bulk conversions. A row's last (len % kRegisterBlock)
-// values go through the same loop with a run-time length and per-element conversions.
+// float16 converted in registers inside the elementwise compute loops, kRegisterBlock values at a
+// time: a kernel copies a block of each stream into small arrays (load_block), runs its compute
+// loop on them with the constant length FullRegisterBlock, and rounds the results out
+// (store_block). Inlined with a constant trip count, GCC keeps the arrays in registers, so the
+// loop is vcvtph2ps, the math, vcvtps2ph: no L1 buffer round trip (to_acc, from_acc), which costs
+// a store and a load per value and stream. Only on AVX2 + F16C machines without AVX-512, the ones
+// it was measured on; elsewhere float16 keeps the bulk conversions. A row's last
+// (len % kRegisterBlock) values are a block of run-time length with per-element conversions, or a
+// zero-padded whole block (for_each_register_block).
 #if defined(__F16C__) && !defined(PYFUSEDBN_CONVERT_AVX512)
 template <typename scalar_t, typename acc_t>
 constexpr bool kConvertsInRegisters = std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>;
@@ -224,7 +225,7 @@ constexpr bool kConvertsInRegisters = false;
 constexpr int64_t kRegisterBlock = 8;
 using FullRegisterBlock = std::integral_constant<int64_t, kRegisterBlock>;
 
-// body(j, n) for the blocks of a row of len values: n is FullRegisterBlock, then (for the tail) int64_t.
+// body(j, n) for the blocks of a row of len values: n is FullRegisterBlock, then (the tail) int64_t.
 template <typename Body>
 inline void for_each_block(int64_t len, Body body) {
   int64_t j = 0;
@@ -235,7 +236,7 @@ inline void for_each_block(int64_t len, Body body) {
 template <typename acc_t, typename scalar_t, typename N>
 inline void load_block(const scalar_t* src, acc_t* dst, N n) {
 #if defined(__F16C__)
-  if constexpr (std::is_same_v<N, FullRegisterBlock> && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+  if constexpr (std::is_same_v<N, FullRegisterBlock> && kConvertsInRegisters<scalar_t, acc_t>) {
     _mm256_storeu_ps(dst, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src))));
     return;
   }
@@ -246,7 +247,7 @@ inline void load_block(const scalar_t* src, acc_t* dst, N n) {
 template <typename scalar_t, typename acc_t, typename N>
 inline void store_block(const acc_t* src, scalar_t* dst, N n) {
 #if defined(__F16C__)
-  if constexpr (std::is_same_v<N, FullRegisterBlock> && std::is_same_v<scalar_t, c10::Half> && std::is_same_v<acc_t, float>) {
+  if constexpr (std::is_same_v<N, FullRegisterBlock> && kConvertsInRegisters<scalar_t, acc_t>) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
                      _mm256_cvtps_ph(_mm256_loadu_ps(src), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
     return;
