@@ -211,8 +211,9 @@ struct Rows {
 // kPadTail: the last (len % kRegisterBlock) columns are computed as a whole block, zero-filled
 // past the row's end, and only the row's results are stored; for a compute that reads nothing
 // per column (a planar row's coefficients are one value), so the lanes past the end read no
-// memory. A run-time length there made the planar passes slower than the bulk conversions at
-// 7x7 and 14x14 planes (backward elementwise 8x2048x49 0.21 -> 0.34 ms, 2 threads, AVX2 Zen 3).
+// memory. It spares each row a second, run-time-length copy of the loop (float16 8x2048x49, one
+// tail value per 49-value row, backward elementwise 0.34 ms with it, 0.32 padded, 0.21 converted
+// in bulk: planes that short keep the bulk conversions, kPlanarRegisterCols; 2 threads, AVX2 Zen 3).
 template <int64_t kRows, size_t kInUsed, size_t kOutUsed, bool kPadTail, typename acc_t, typename scalar_t,
           size_t kIn, size_t kOut, typename Compute>
 inline void for_each_register_block(const std::array<Rows<const scalar_t>, kIn>& in,
