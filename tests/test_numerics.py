@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import pyfusedbn
+from pyfusedbn.activations import torch_activation
 from helpers import TOLERANCE, assert_close, random_input, reference_batch_norm_act
 
 
@@ -137,3 +138,49 @@ def test_empty_shapes_forward_backward(shape):
     y.sum().backward()
     assert y.shape == x.shape and x.grad.shape == x.shape
     assert torch.equal(module.running_mean, torch.zeros(shape[1]))
+
+
+
+# Pre-activations where exp over- or underflows, runs into subnormals (below -87.3) or is exact,
+# plus random ones: the CPU kernels' inline exp (csrc/common/activations.h, AVX-512 builds) must
+# be as accurate there as torch's own float32 kernels, forward and backward. (GELU's exp is not
+# the part that limits it: its erf-form derivative cancels below z = -4 whatever the exp.)
+EXTREME_PRE_ACTIVATIONS = (-math.inf, -200.0, -104.5, -103.9, -100.0, -95.0, -90.0, -88.0, -87.4, -87.3, -50.0,
+                           -13.3, -1e-3, -0.0, 0.0, 1e-30, 1e-3, 0.5, 13.3, 50.0, 88.3, 88.7, 88.72, 88.73, 89.0,
+                           100.0, math.inf)
+
+
+def assert_elementwise_as_accurate(name, z, actual, torch_result, truth):
+    """Each element within 2x torch's float32 error of the float64 truth, plus 1e-5 relative and
+    a few subnormal spacings; where the truth is infinite or NaN, exactly it."""
+    a, o, t = (v.detach().to(torch.float64).flatten() for v in (actual, torch_result, truth))
+    special = ~torch.isfinite(t)
+    wrong = special & ~((a == t) | (a.isnan() & t.isnan()))
+    limit = 2 * (o - t).abs().nan_to_num(nan=0.0) + 1e-5 * t.abs() + 1e-43
+    wrong |= ~special & ~((a - t).abs() <= limit)
+    bad = wrong.nonzero().flatten().tolist()
+    assert not bad, f"{name}: {len(bad)} elements off, e.g. " + ", ".join(
+        f"z={z.flatten()[i].item():.6g}: got {a[i].item():.8g}, torch {o[i].item():.8g}, float64 {t[i].item():.8g}"
+        for i in bad[:4])
+
+
+@pytest.mark.parametrize("activation", ["silu", "sigmoid", "elu", "softplus", "mish"])
+def test_exp_activations_at_extreme_pre_activations(activation, generator):
+    z = torch.cat([torch.tensor(EXTREME_PRE_ACTIVATIONS, dtype=torch.float32),
+                   torch.randn(997, generator=generator) * 30]).reshape(-1, 1)
+    # Eval mode with mean 0, variance 1 and eps below float32's resolution at 1: z passes unchanged
+    # (1 + 1e-10 rounds to 1), so the activation sees exactly these values.
+    module = pyfusedbn.BatchNormAct1d(1, eps=1e-10, affine=False, activation=activation).eval()
+    dy = torch.rand(z.shape, generator=generator) + 0.5
+    results = {}
+    for name, x, fn in (("pyfusedbn", z.clone(), module), ("torch", z.clone(), torch_activation(activation)),
+                        ("float64", z.to(torch.float64), torch_activation(activation))):
+        x.requires_grad_()
+        y = fn(x)
+        results[name] = (y, torch.autograd.grad(y, x, dy.to(x.dtype))[0])
+    (y, dx), (y_torch, dx_torch), (y_64, dx_64) = results.values()
+    assert_elementwise_as_accurate("output", z, y, y_torch, y_64)
+    # Gradients at finite z: at +-inf the eval-mode backward's x - mean term makes inf * 0 = NaN
+    # whatever the exp (noted in the issue-20 closing note).
+    finite = torch.isfinite(z)
+    assert_elementwise_as_accurate("gradient", z[finite], dx[finite], dx_torch[finite], dx_64[finite])

@@ -10,6 +10,8 @@ run alternately, `--rounds` times each, and the minimum per pass is kept.
 shape up to ~25 MB stay in L3 between calls and the passes run faster than in a training step.
 A shape is CxS (channels x H*W, batch 8). Prints ms per pass, base then new, and whether the
 elementwise checksums match (the reductions may differ in the last bits with summation order).
+The activation is ReLU; PASS_TIMER_ACT=silu in the environment times SiLU (exp-bound, g kept between
+the backward passes), PASS_TIMER_DTYPES=float32,bfloat16 limits the dtypes (pass_timer.cpp).
 """
 import argparse
 import ast

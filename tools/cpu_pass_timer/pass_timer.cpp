@@ -1,4 +1,4 @@
-// Times the four BatchNorm + ReLU CPU passes (statistics, apply, backward reduce, backward
+// Times the four BatchNorm + ReLU (or SiLU) CPU passes (statistics, apply, backward reduce, backward
 // elementwise) straight from csrc/cpu's headers, no torch dispatch, no allocation per call:
 // built against two checkouts by tools/ab_cpu_passes.py, so a kernel change can be timed in
 // seconds instead of after a full extension build. Prints, per shape, layout and dtype, the
@@ -10,6 +10,11 @@
 // With PASS_TIMER_COLD=1 each call starts with the caches holding other data (64 MiB written
 // before it, untimed): the tensors come from memory, as in a training step, where the harness's
 // own few tensors would otherwise stay in L3 from call to call.
+// With PASS_TIMER_ACT=silu the activation is SiLU, whose backward keeps g in a buffer between its
+// two passes as the extension's does (grad_cache.h): the exp-bound case of GroupNorm + SiLU.
+// PASS_TIMER_DTYPES (e.g. "float32,bfloat16") limits the dtypes timed.
+#include "cpu/vector_math.h"  // first, as in the bindings: SIMD declarations of libm functions
+
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -20,9 +25,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "cpu/elementwise_kernels.h"
+#include "cpu/grad_cache.h"
 #include "cpu/reduction_kernels.h"
 
 using namespace pyfusedbn;
@@ -51,10 +58,11 @@ double quartile_ms(F f) {
   return ms[ms.size() / 4];
 }
 
-template <typename T>
+template <typename Act, typename T>
 void run(const char* name, int64_t N, int64_t C, int64_t S, bool channels_last) {
   const int64_t n = N * C * S;
   std::vector<T> x(n), dy(n), out(n), dx(n);
+  std::vector<float> g(cpu::kKeepsGrad<Act, false> ? n : 0);
   std::mt19937 gen(0);
   std::normal_distribution<float> normal;
   for (int64_t i = 0; i < n; ++i) {
@@ -66,17 +74,20 @@ void run(const char* name, int64_t N, int64_t C, int64_t S, bool channels_last) 
   const BnShape shape{N, C, S, channels_last};
   const double stats = quartile_ms([&] { cpu::stats_kernel(StatsArgs<T, float>{x.data(), mean.data(), var.data(), shape}); });
   const double apply = quartile_ms([&] {
-    cpu::apply_kernel<Relu, false>(ApplyArgs<T, float>{x.data(), nullptr, scale.data(), shift.data(), out.data(), 0.f, shape});
+    cpu::apply_kernel<Act, false>(ApplyArgs<T, float>{x.data(), nullptr, scale.data(), shift.data(), out.data(), 0.f, shape});
   });
-  const double reduce = quartile_ms([&] {
-    cpu::reduce_kernel<Relu, false, false>(ReduceArgs<T, float>{dy.data(), x.data(), nullptr, mean.data(), scale.data(),
-                                                                bias.data(), sum_g.data(), sum_g_xc.data(), 0.f, shape});
-  });
-  const double elemt = quartile_ms([&] {
-    cpu::elemt_kernel<Relu, false, false>(ElemtArgs<T, float>{dy.data(), x.data(), nullptr, mean.data(), scale.data(),
-                                                              bias.data(), coef_g.data(), coef_xc.data(),
-                                                              coef_const.data(), dx.data(), nullptr, 0.f, shape});
-  });
+  const ReduceArgs<T, float> reduce_args{dy.data(), x.data(), nullptr, mean.data(), scale.data(),
+                                         bias.data(), sum_g.data(), sum_g_xc.data(), 0.f, shape};
+  const ElemtArgs<T, float> elemt_args{dy.data(), x.data(), nullptr, mean.data(), scale.data(), bias.data(),
+                                       coef_g.data(), coef_xc.data(), coef_const.data(), dx.data(), nullptr, 0.f, shape};
+  double reduce = 0, elemt = 0;
+  if constexpr (cpu::kKeepsGrad<Act, false>) {
+    reduce = quartile_ms([&] { cpu::reduce_kernel<Act, false, false, true>(reduce_args, g.data()); });
+    elemt = quartile_ms([&] { cpu::elemt_from_grad_kernel<false>(elemt_args, g.data()); });
+  } else {
+    reduce = quartile_ms([&] { cpu::reduce_kernel<Act, false, false>(reduce_args); });
+    elemt = quartile_ms([&] { cpu::elemt_kernel<Act, false, false>(elemt_args); });
+  }
   double elementwise = 0, sums = 0;
   for (int64_t i = 0; i < n; ++i) elementwise += std::abs(float(dx[i])) * (1 + i % 7) + float(out[i]) * (1 + i % 5);
   for (int64_t c = 0; c < C; ++c) sums += sum_g[c] + 2 * sum_g_xc[c];
@@ -90,13 +101,23 @@ int main(int argc, char** argv) {
     return 2;
   }
   at::set_num_threads(std::atoi(argv[1]));
+  const char* act = std::getenv("PASS_TIMER_ACT");
+  const bool silu = act != nullptr && std::string(act) == "silu";
+  const char* dtypes_env = std::getenv("PASS_TIMER_DTYPES");
+  const std::string dtypes = dtypes_env != nullptr ? dtypes_env : "float16,bfloat16,float32";
+  auto timed = [&](auto type, const char* name, int64_t C, int64_t S, bool channels_last) {
+    using T = decltype(type);
+    if (("," + dtypes + ",").find("," + std::string(name) + ",") == std::string::npos) return;
+    if (silu) run<Silu, T>(name, 8, C, S, channels_last);
+    else run<Relu, T>(name, 8, C, S, channels_last);
+  };
   for (int k = 2; k < argc; ++k) {
     long C = 0, S = 0;
     if (std::sscanf(argv[k], "%ldx%ld", &C, &S) != 2) return 2;
     for (bool channels_last : {true, false}) {
-      run<c10::Half>("float16", 8, C, S, channels_last);
-      run<c10::BFloat16>("bfloat16", 8, C, S, channels_last);
-      run<float>("float32", 8, C, S, channels_last);
+      timed(c10::Half(), "float16", C, S, channels_last);
+      timed(c10::BFloat16(), "bfloat16", C, S, channels_last);
+      timed(float(), "float32", C, S, channels_last);
     }
   }
 }
