@@ -56,19 +56,20 @@ inline void* grad_cache_for(ActKind act, bool from_output, int64_t numel, int64_
   return grad_cache_buffer(numel * acc_size);
 }
 
-template <bool kPerColumn, bool kResidual, typename acc_t>
-inline void elemt_row_from_grad(const acc_t* g, const acc_t* saved, const acc_t* mean_at, const acc_t* coef_g_at,
+template <bool kPerColumn, bool kResidual, typename acc_t, typename In>
+inline void elemt_row_from_grad(const acc_t* g, const In* saved, const acc_t* mean_at, const acc_t* coef_g_at,
                                 const acc_t* coef_xc_at, const acc_t* coef_const_at, acc_t* dx, acc_t* dres,
                                 int64_t len) {
   const Coef<kPerColumn, acc_t> mean(mean_at), coef_g(coef_g_at), coef_xc(coef_xc_at), coef_const(coef_const_at);
 #pragma omp simd
   for (int64_t j = 0; j < len; ++j) {
-    dx[j] = g[j] * coef_g[j] + (saved[j] - mean[j]) * coef_xc[j] + coef_const[j];
+    dx[j] = g[j] * coef_g[j] + (load_acc<acc_t>(saved[j]) - mean[j]) * coef_xc[j] + coef_const[j];
     if constexpr (kResidual) dres[j] = g[j];
   }
 }
 
-// elemt_kernel's result from the cached g (x read back for xc = x - mean; grad_out not read).
+// elemt_kernel's result from the cached g (x read back for xc = x - mean, in place where
+// kReadsInPlace; grad_out not read).
 template <bool kResidual, typename scalar_t, typename acc_t>
 void elemt_from_grad_kernel(const ElemtArgs<scalar_t, acc_t>& a, const acc_t* grad_cache) {
   const int64_t C = a.shape.channels;
@@ -76,7 +77,7 @@ void elemt_from_grad_kernel(const ElemtArgs<scalar_t, acc_t>& a, const acc_t* gr
     acc_t saved_buf[kChunk], dx_buf[kChunk], dres_buf[kChunk];
     const int64_t n = k.numel();
     const acc_t* g = grad_cache + k.offset;
-    const acc_t* saved = acc_view(a.saved + k.offset, saved_buf, n);
+    const auto* saved = read_view<acc_t>(a.saved + k.offset, saved_buf, n);
     acc_t* dx = acc_target(a.grad_input + k.offset, dx_buf);
     acc_t* dres = kResidual ? acc_target(a.grad_residual + k.offset, dres_buf) : nullptr;
     for (int64_t r = 0; r < k.rows; ++r) {
