@@ -16,8 +16,9 @@ namespace pyfusedbn {
 // Math wrappers so that the same template picks the float or double libm function on host and
 // device alike (std:: overloads are not all usable in CUDA device code).
 // expf on the host inline, in plain C that GCC vectorises in the kernels' loops: a call into
-// libmvec's vector expf clobbers every vector register, so the loop's sums and coefficients are
-// spilled around it, which costs as much as the exp itself. Cody-Waite reduction by ln 2 and
+// libmvec's vector expf clobbers every vector register, so the loop's sums and coefficients were
+// spilled and reloaded around it (SiLU's apply pass 0.78 -> 0.62 ms and its backward reduce 1.7 ->
+// 1.3 with this, 8x1280x256 float32, 1 thread, AVX-512). Cody-Waite reduction by ln 2 and
 // Cephes' degree-6 polynomial (within 1.5 ulp of exp on [-87, 88]); the power of two is applied in
 // two halves so that subnormal results (down to -104) and overflow to inf come out as expf's.
 // NaN stays NaN (every step propagates it). Only where AVX-512 is on: with AVX2 alone libmvec's
