@@ -21,16 +21,21 @@ def test_every_activation(case, activation, generator, poison_empty):
 
 
 # The CPU backward walks part by part (csrc/cpu/group_norm_fused.h) for channels_last, and for NCHW
-# with 16-bit input: there both of its branches (g kept for an exp-based derivative, recomputed for
-# a cheap one) with and without a residual, a batch of one and samples split inside.
+# with 16-bit or float32 input: there both of its branches (g kept for an exp-based derivative,
+# recomputed for a cheap one) with and without a residual, a batch of one and samples split inside.
+# NCHW float32 and bfloat16 (on AVX-512) take the plane kernels (csrc/cpu/group_norm_planes.h):
+# planes of a whole number of vectors (16x16), with a tail (9x7, 40x33), over one reduction block
+# (50x50 > 2048 values).
 @pytest.mark.parametrize("residual", [False, True], ids=["plain", "residual"])
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("case", [("nchw", (3, 8, 9, 7), torch.contiguous_format, 4),
                                   ("nchw_batch1", (1, 6, 40, 33), torch.contiguous_format, 2),
+                                  ("nchw_16x16", (2, 12, 16, 16), torch.contiguous_format, 3),
+                                  ("nchw_long_plane", (2, 4, 50, 50), torch.contiguous_format, 2),
                                   ("nhwc_large", (2, 64, 40, 32), torch.channels_last, 8)],
-                         ids=["nchw", "nchw_batch1", "nhwc_large"])
-def test_backward_walk_16_bit(case, dtype, activation, residual, generator, poison_empty):
+                         ids=["nchw", "nchw_batch1", "nchw_16x16", "nchw_long_plane", "nhwc_large"])
+def test_backward_walk(case, dtype, activation, residual, generator, poison_empty):
     check_against_float64(case, dtype, activation, generator, residual=residual)
 
 

@@ -4,15 +4,18 @@
 // the size of a part instead of one the size of the input (grad_cache.h). A part holds whole groups:
 // - channels_last: one sample (a group's channels are strided within it), walked as
 //   for_each_sample walks them: in parallel when small, else each sample's passes in parallel;
-// - NCHW, 16-bit input: one group (n, g), its D planes contiguous, the groups in parallel. There the
-//   whole-input g buffer (float) would be twice the input's bytes.
-// The passes are group_norm_kernels.h's (BatchNorm's kernels over the part as a batch of one; a
-// nested at::parallel_for runs inline) and the per-group algebra coefficients.h's, so results
-// round exactly as the pass-by-pass path's. Backward against that path, median ms, 2 threads,
-// SiLU, UNet shapes (8, 320..1280, 64..16, 64..16): channels_last float32 and bfloat16 1.16-1.37x;
-// NCHW float16 1.22-1.47x, bfloat16 0.9-1.5x (0.9 at 16x16 planes). NCHW float32 measured
-// 0.93-1.05x and keeps the steps, as does the forward (0.7-1.2x per part: it is bound by the
-// activation's exp, not by memory).
+// - NCHW, 16-bit or float32 input: one group (n, g), its D planes contiguous, the groups in
+//   parallel. There the whole-input g buffer (float) would be twice the input's bytes (16-bit).
+// channels_last parts and NCHW float16 run group_norm_kernels.h's passes (BatchNorm's kernels over
+// the part as a batch of one; a nested at::parallel_for runs inline); NCHW float32 and bfloat16
+// (AVX-512) the plane kernels of group_norm_planes.h. The per-group algebra is coefficients.h's.
+// Backward against the pass-by-pass path, median ms, 2 threads, SiLU, UNet shapes (8, 320..1280,
+// 64..16, 64..16): channels_last float32 and bfloat16 1.16-1.37x; NCHW float16 1.22-1.47x. The
+// plane kernels against what NCHW float32 (the steps) and bfloat16 (the walk over BatchNorm's
+// kernels) ran before them, backward op, 2 threads, Zen 5 (`python tools/ab_group_norm_backward.py
+// --layouts nchw [--between]`): 1.16-1.26x back to back, 1.08-1.46x between eager GroupNorm steps.
+// The forward keeps its passes: rounding the apply pass's bfloat16 results in registers was 5-10%
+// slower than the chunked pass with its bulk rounding.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -21,6 +24,7 @@
 #include "../group_norm/coefficients.h"
 #include "grad_cache.h"
 #include "group_norm_kernels.h"
+#include "group_norm_planes.h"
 
 namespace pyfusedbn {
 namespace cpu {
@@ -34,7 +38,8 @@ inline bool fuses_groups(const BnShape& shape, int64_t groups, int64_t elem_size
   if (shape.spatial == 1) return false;  // the rows path
   if (shape.channels_last) return true;
   const int64_t group_bytes = shape.channels / groups * shape.spatial * acc_size;
-  return elem_size < acc_size && shape.batch * groups >= at::get_num_threads() && group_bytes <= kMaxFusedGroupBytes;
+  const bool walked_type = elem_size < acc_size || elem_size == 4;  // 16-bit, float32 (not float64)
+  return walked_type && shape.batch * groups >= at::get_num_threads() && group_bytes <= kMaxFusedGroupBytes;
 }
 
 // Sample n's channels [c0, c0 + shape.channels) as a BatchNorm batch of one: `groups` whole groups.
@@ -91,6 +96,13 @@ void group_backward_fused_kernel(const GroupCoefficientArgs<acc_t>& coefs, const
     for (int64_t c = part.c0; c < part.c0 + part.shape.channels; ++c) group_backward_prepare_at(coefs, k, part.sample, c);
     const int64_t ng = part.first_group(G);
     acc_t* g = part_grad_cache<Act, acc_t>(part.shape);
+    if constexpr (kGroupPlanesInPlace<scalar_t, acc_t>) {
+      if (!part.shape.channels_last) {
+        run_group_planes<Act, kResidual>(part.of(reduce), part.of(elemt), g,
+                                         [&] { group_elemt_coefficients(coefs, k, count, ng, ng + part.groups); });
+        return;
+      }
+    }
     if constexpr (kKeepsGrad<Act, false>) {
       if (g != nullptr) {
         reduce_kernel<Act, kResidual, false, true>(part.of(reduce), g);
