@@ -3,9 +3,9 @@
 // kernels, which the part otherwise runs through, are built for long channels: per plane they pay
 // lane sums over 32 lanes folded through the stack, a double merge per block, and (16-bit) a
 // rounding pass out of an L1 buffer; on GroupNorm's small planes (16x16 in a diffusion UNet's
-// deepest blocks) that overhead was most of the reduction (perf: 16% of its samples on vector
-// instructions). Here each plane is one `omp simd` reduction into a register accumulator pair, and
-// the elementwise pass rounds grad_input in registers.
+// deepest blocks) that overhead was most of a cheap activation's reduction (perf, identity: 16% of
+// its samples on vector instructions). Here each plane is one `omp simd` reduction into a register
+// accumulator pair, and the elementwise pass rounds grad_input in registers.
 #pragma once
 
 #include <algorithm>
