@@ -67,9 +67,9 @@ def residual_off_kinks(x, groups, w, b, res, activation):
     Moving the residual moves z alone, not the group statistics."""
     w64, b64 = [None if t is None else t.double() for t in (w, b)]
     z = F.group_norm(x.double(), groups, w64, b64, EPS) + res.double()
-    margin = 8 * torch.finfo(x.dtype).eps * (1 + z.abs())
-    near = near_kink(activation, z, 8 * torch.finfo(x.dtype).eps)
-    return torch.where(near, (res.double() + 4 * margin).to(res.dtype), res)
+    relative_margin = 8 * torch.finfo(x.dtype).eps
+    near = near_kink(activation, z, relative_margin)
+    return torch.where(near, (res.double() + 4 * relative_margin * (1 + z.abs())).to(res.dtype), res)
 
 
 def check_against_float64(case, dtype, activation, generator, affine=True, residual=True, device="cpu"):

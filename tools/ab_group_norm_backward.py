@@ -36,13 +36,14 @@ if layout == "nhwc":
     x = x.contiguous(memory_format=torch.channels_last)
 C = shape[1]
 w, b = torch.randn(C, generator=gen).to(dtype), torch.randn(C, generator=gen).to(dtype)
-dy = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+dy = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=memory_format)
 out, mean, rstd = ops.group_norm_act(x, w, b, None, 32, 1e-5, "silu", 0.0)
 step = (lambda: ops.group_norm_act(x, w, b, None, 32, 1e-5, "silu", 0.0)) if which == "fwd" else \
        (lambda: ops.group_norm_act_backward(dy, x, mean, rstd, w, b, None, 32, "silu", 0.0))
 if between:
     eager = torch.nn.Sequential(torch.nn.GroupNorm(32, C), torch.nn.SiLU()).to(dtype)
-    x_other = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last if layout == "nhwc" else torch.contiguous_format)
+    x_other = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=memory_format)
     x_other.requires_grad_()
     other = lambda: eager(x_other).backward(dy)
 step()

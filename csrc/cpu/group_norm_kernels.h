@@ -89,7 +89,8 @@ Args sample_of(const Args& a, int64_t n) {
 }
 
 // Samples of at most this many values are split across threads whenever each thread gets as many
-// as the others (for_each_sample). Larger ones, parallel inside, ran 2-5% faster (8x320x64x64).
+// as the others (for_each_sample). Larger ones stay parallel inside: split, 8x320x64x64 measured
+// 0.95-1.03x, no gain.
 constexpr int64_t kMaxSplitSample = int64_t(1) << 20;
 
 // Calls body(n) for every sample: samples split across threads (a nested at::parallel_for runs
@@ -97,8 +98,8 @@ constexpr int64_t kMaxSplitSample = int64_t(1) << 20;
 // and every thread gets as many whole samples as the others; else one after another, the
 // BatchNorm kernel parallelising inside each, with a barrier per pass and sample: those cost
 // float32 channels_last 8x1280x16x16's forward 15% of its samples in libgomp. Split, GroupNorm +
-// SiLU channels_last at 8x640x32x32 and 8x1280x16x16 ran forward 1.03-1.09x and backward
-// 1.07-1.21x as fast (2 threads, `python tools/ab_group_norm_backward.py --layouts nhwc`).
+// SiLU channels_last at 8x640x32x32 and 8x1280x16x16 ran backward 1.07-1.28x as fast, forward
+// 0.93-1.09x (2 threads, `python tools/ab_group_norm_backward.py --layouts nhwc`).
 template <typename Body>
 inline void for_each_sample(const BnShape& shape, Body body) {
   const int64_t per_sample = shape.channels * shape.spatial, threads = at::get_num_threads();
