@@ -145,10 +145,11 @@ def test_empty_shapes_forward_backward(shape):
 # plus random ones: the CPU kernels' inline exp (csrc/common/activations.h, AVX-512 builds) must
 # be as accurate there as torch's own float32 kernels, forward and backward. (GELU's exp is not
 # the part that limits it: its erf-form derivative cancels below z = -4 whatever the exp.)
-# -88.3 ... -88.72: exp(-z) is finite but above 2^127 (fbn_one_plus_exp's 2^(n - 1) step).
+# -88.3 ... -88.72: exp(-z) is finite but above 2^127 (fbn_one_plus_exp's 2^(n - 1) step). NaN must pass
+# the clamps before the exp (one vminps / vmaxps each, the bound first).
 EXTREME_PRE_ACTIVATIONS = (-math.inf, -200.0, -104.5, -103.9, -100.0, -95.0, -90.0, -88.73, -88.72, -88.7, -88.3,
-                           -88.0, -87.4, -87.3, -50.0, -13.3, -1e-3, -0.0, 0.0, 1e-30, 1e-3, 0.5, 13.3, 50.0, 88.3,
-                           88.7, 88.72, 88.73, 89.0, 100.0, math.inf)
+                           -88.0, -87.4, -87.3, -50.0, -13.3, -1e-3, -0.0, math.nan, 0.0, 1e-30, 1e-3, 0.5, 13.3,
+                           50.0, 88.3, 88.7, 88.72, 88.73, 89.0, 100.0, math.inf)
 
 
 def assert_elementwise_as_accurate(name, z, actual, torch_result, truth):
