@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import pyfusedbn
+from pyfusedbn._ops import ops
 from group_norm_cases import CASE_IDS, EPS, GROUP_CASES, check_against_float64, reference_group_norm_act
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, TOLERANCE, assert_close
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -37,6 +38,25 @@ def test_every_activation(case, activation, generator, poison_empty):
                          ids=["nchw", "nchw_batch1", "nchw_16x16", "nchw_long_plane", "nhwc_large"])
 def test_backward_walk(case, dtype, activation, residual, generator, poison_empty):
     check_against_float64(case, dtype, activation, generator, residual=residual)
+
+
+# The saved statistics, which the backward rebuilds from, against float64 (nothing else compares
+# them directly): NCHW groups are one contiguous run, channels_last ones merge per-(n, c) sums.
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, groups", [((3, 8, 9, 7), 4), ((1, 6, 40, 33), 2), ((2, 12, 16, 16), 3),
+                                           ((2, 4, 50, 50), 2), ((1, 3, 5, 5), 1)],
+                         ids=["9x7", "batch1", "16x16", "long_plane", "one_group"])
+def test_saved_statistics(shape, groups, dtype, memory_format, generator, poison_empty):
+    x = (torch.randn(shape, generator=generator, dtype=torch.float64) * 3 + 2).to(dtype)
+    x = x.contiguous(memory_format=memory_format)
+    out, mean, rstd = ops.group_norm_act(x, None, None, None, groups, EPS, "silu", 0.0)
+    var, want_mean = torch.var_mean(x.double().reshape(shape[0], groups, -1), dim=2, unbiased=False)
+    tol = 1e-9 if dtype == torch.float64 else 1e-5  # the statistics accumulate in float32 or float64
+    assert_close("mean", mean, want_mean, tol)
+    assert_close("rstd", rstd, torch.rsqrt(var + EPS), tol)
+    ref = reference_group_norm_act(x.double(), groups, None, None, EPS, "silu", None)
+    assert_close("output", out, ref, TOLERANCE[dtype])
 
 
 # The CPU backward keeps g = dy * act'(z) between its passes in a buffer of at most 64 MiB
