@@ -31,12 +31,10 @@ dtype, layout, which, seconds = getattr(torch, sys.argv[3]), sys.argv[4], sys.ar
 between = sys.argv[7] == "1"
 ops = torch.ops.pyfusedbn
 gen = torch.Generator().manual_seed(0)
-x = torch.randn(shape, generator=gen).to(dtype)
-if layout == "nhwc":
-    x = x.contiguous(memory_format=torch.channels_last)
+memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+x = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=memory_format)
 C = shape[1]
 w, b = torch.randn(C, generator=gen).to(dtype), torch.randn(C, generator=gen).to(dtype)
-memory_format = torch.channels_last if layout == "nhwc" else torch.contiguous_format
 dy = torch.randn(shape, generator=gen).to(dtype).contiguous(memory_format=memory_format)
 out, mean, rstd = ops.group_norm_act(x, w, b, None, 32, 1e-5, "silu", 0.0)
 step = (lambda: ops.group_norm_act(x, w, b, None, 32, 1e-5, "silu", 0.0)) if which == "fwd" else \

@@ -39,6 +39,7 @@ struct ExpClamp {
   float low_sum;   // 1 + exp(-86) rounds to 1
 };
 inline ExpClamp g_exp_clamp{89.0f, -104.0f, -86.0f};
+
 // kTimes * exp(r), r = x - n ln 2 for the integer n nearest x / ln 2, which `t` holds in its low
 // mantissa bits (t = 1.5 * 2^23 + n). kTimes = 2 scales the coefficients, exactly.
 template <int kTimes>
@@ -97,8 +98,8 @@ FBN_HOST_DEVICE double fbn_exp(double v) { return exp(v); }
 // one step, as 2^(n - 1) times 2 exp(r) (the polynomial's last step in Horner form): a normal
 // number for every n from -124 up to 128, where the product overflows to inf as expf does. Within
 // 2 ulp of 1 + expf(v) over every 7th float bit pattern, as 1 + fbn_exp is; NaN stays NaN. With
-// the clamps' first form (copysignf), SiLU's forward pass 0.75 -> 0.64 ms (bfloat16 8x1280x256 NCHW, 1 thread,
-// tools/ab_cpu_passes.py with PASS_TIMER_ACT=silu).
+// the clamps' first form (copysignf), SiLU's forward pass 0.75 -> 0.64 ms (bfloat16 8x1280x256
+// NCHW, 1 thread, tools/ab_cpu_passes.py with PASS_TIMER_ACT=silu).
 FBN_HOST_DEVICE float fbn_one_plus_exp(float v) {
 #if !defined(PYFUSEDBN_INLINE_EXP)
   return 1.0f + expf(v);
